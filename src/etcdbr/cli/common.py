@@ -1,0 +1,74 @@
+"""What every command shares: logging set-up, error-to-exit-code mapping, store opening.
+
+Exit codes: 0 success; 1 operational failure (store or etcd unreachable, integrity defect,
+restore failed); 2 bad flags, environment, config file or credentials; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+
+from .. import logs
+from ..config import Config
+from ..errors import EtcdbrError
+from .options import resolve, secret_values
+
+log = logging.getLogger("etcdbr")
+
+
+def command_runner(*groups: str, extra=None):
+    """Wrap a command body ``fn(config, **params)``: resolve config, set up logs, map errors."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(**params):
+            try:
+                config = resolve(params, *groups, "logging", extra=extra)
+                logs.setup(config.log_level, config.log_format)
+                for secret in secret_values(config):
+                    logs.register_secret(secret)
+                code = fn(config, **params)
+            except EtcdbrError as exc:
+                click.echo(f"error: {logs.redact(str(exc))}", err=True)
+                sys.exit(exc.exit_code)
+            except KeyboardInterrupt:
+                click.echo("interrupted", err=True)
+                sys.exit(130)
+            except click.exceptions.Exit:
+                raise
+            except click.ClickException:
+                raise
+            except SystemExit:
+                raise
+            except Exception as exc:  # an internal failure still gets one line, not a traceback
+                log.debug("internal error", exc_info=True)
+                click.echo(f"error: internal error: {type(exc).__name__}: {logs.redact(str(exc))} "
+                           "(run with --log-level=debug for details)", err=True)
+                sys.exit(1)
+            sys.exit(code or 0)
+
+        return wrapper
+
+    return decorate
+
+
+def open_checked_store(store_config):
+    """Open a store and check that it is reachable; errors name the endpoint."""
+    from ..snapstore import open_store
+
+    store = open_store(store_config)
+    store.check()
+    return store
+
+
+def version_line() -> str:
+    from .. import __version__
+
+    return f"etcd-backup-restore {__version__} (python {sys.version.split()[0]})"
+
+
+__all__ = ["Config", "command_runner", "open_checked_store", "version_line"]

@@ -1,0 +1,245 @@
+"""Typed configuration shared by every command, and the parsers for its value syntaxes.
+
+Values arrive as text from flags, environment variables or a YAML file (see ``etcdbr.cli.options``
+for the precedence); the parsers here turn text into typed values or raise :class:`ValueError` with
+what was expected, which the caller turns into one line naming the flag.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from urllib.parse import urlparse
+
+MIN_CHUNK_SIZE = 5 * 1024 * 1024
+PROVIDERS = ("Local", "S3", "GCS", "ABS")
+# The Go tool knows these too; we name them in errors so an operator knows why they are refused.
+UNSUPPORTED_PROVIDERS = ("Swift", "OSS", "ECS", "OCS")
+
+
+# -- value syntaxes -------------------------------------------------------------------------
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Go's ``time.ParseDuration`` syntax: ``300ms``, ``20s``, ``1h30m``, ``-1.5h``, ``0``."""
+    s = str(text).strip()
+    if s in ("0", "+0", "-0"):
+        return timedelta(0)
+    sign = 1.0
+    if s[:1] in "+-" and s:
+        sign = -1.0 if s[0] == "-" else 1.0
+        s = s[1:]
+    if not s:
+        raise ValueError("a duration such as 30s, 5m or 1h30m")
+    pos, total = 0, 0.0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if not m:
+            raise ValueError("a duration such as 30s, 5m or 1h30m")
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    return timedelta(seconds=sign * total)
+
+
+def format_duration(d: timedelta) -> str:
+    """Render like Go's ``Duration.String`` for whole seconds (``1h30m0s``); used in help and /config."""
+    total = d.total_seconds()
+    if total == 0:
+        return "0s"
+    sign = "-" if total < 0 else ""
+    total = abs(total)
+    if total < 1:
+        return f"{sign}{total * 1000:g}ms"
+    hours, rem = divmod(total, 3600)
+    minutes, seconds = divmod(rem, 60)
+    out = ""
+    if hours:
+        out += f"{int(hours)}h"
+    if hours or minutes:
+        out += f"{int(minutes)}m"
+    out += f"{seconds:g}s"
+    return sign + out
+
+
+def parse_bool(text: str) -> bool:
+    """pflag's ``strconv.ParseBool`` set."""
+    t = str(text).strip()
+    if t in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if t in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise ValueError("true or false")
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ValueError("an integer") from None
+
+
+def parse_cron(text: str) -> str:
+    """A standard 5-field cron expression (validated, returned as given)."""
+    from croniter import croniter
+
+    expr = str(text).strip()
+    if len(expr.split()) != 5 or not croniter.is_valid(expr):
+        raise ValueError("a 5-field cron expression such as '0 */1 * * *'")
+    return expr
+
+
+def parse_url(text: str) -> str:
+    t = str(text).strip()
+    if not t:
+        return ""
+    parsed = urlparse(t)
+    if not parsed.scheme or not parsed.netloc:
+        raise ValueError("a URL such as https://s3.example.com:9000")
+    return t
+
+
+# -- configuration objects ------------------------------------------------------------------
+@dataclass
+class StoreConfig:
+    """One snapstore endpoint. ``env_prefix`` selects whose credentials: '', SECONDARY_ or SOURCE_."""
+
+    provider: str = ""
+    container: str = ""
+    prefix: str = ""
+    endpoint_override: str = ""
+    min_chunk_size: int = MIN_CHUNK_SIZE
+    max_parallel_chunk_uploads: int = 5
+    temp_dir: str = "/tmp"
+    env_prefix: str = ""
+
+    @property
+    def effective_provider(self) -> str:
+        return self.provider or "Local"
+
+    @property
+    def prefix_v2(self) -> str:
+        """The Go tool always appends ``/v2`` to the configured prefix."""
+        p = self.prefix.strip("/")
+        return f"{p}/v2" if p else "v2"
+
+    @property
+    def role(self) -> str:
+        return {"": "primary", "SECONDARY_": "secondary", "SOURCE_": "source"}.get(self.env_prefix, "store")
+
+    @property
+    def display(self) -> str:
+        """``S3/bucket1``: how logs name an endpoint."""
+        return f"{self.effective_provider}/{self.container}"
+
+    def env(self, name: str) -> str | None:
+        """An environment variable of this endpoint's credential family."""
+        return os.environ.get(self.env_prefix + name)
+
+
+@dataclass
+class EtcdConnectionConfig:
+    endpoints: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    service_endpoints: list[str] = field(default_factory=list)
+    username: str = ""
+    password: str = ""
+    connection_timeout: timedelta = timedelta(seconds=30)
+    snapshot_timeout: timedelta = timedelta(minutes=15)
+    defrag_timeout: timedelta = timedelta(minutes=8)
+    insecure_transport: bool = True
+    insecure_skip_tls_verify: bool = True
+    cert: str = ""
+    key: str = ""
+    cacert: str = ""
+
+
+@dataclass
+class SnapshotterConfig:
+    schedule: str = "0 */1 * * *"
+    delta_snapshot_period: timedelta = timedelta(seconds=20)
+    delta_snapshot_memory_limit: int = 10 * 1024 * 1024
+    garbage_collection_period: timedelta = timedelta(minutes=1)
+    garbage_collection_policy: str = "Exponential"
+    max_backups: int = 7
+    delta_snapshot_retention_period: timedelta = timedelta(0)
+    compress_snapshots: bool = True
+    compression_policy: str = "gzip"
+    defragmentation_schedule: str = "0 0 */3 * *"
+    backoff_multiplier: int = 2
+    backoff_attempt_limit: int = 6
+    backoff_threshold_time: timedelta = timedelta(seconds=128)
+
+    @property
+    def compression(self) -> str | None:
+        return self.compression_policy if self.compress_snapshots else None
+
+    @property
+    def delta_enabled(self) -> bool:
+        return self.delta_snapshot_period >= timedelta(seconds=1)
+
+
+@dataclass
+class RestorationConfig:
+    initial_cluster: str = "default=http://localhost:2380"
+    initial_cluster_token: str = "etcd-cluster"
+    data_dir: str = "default.etcd"
+    temp_snapshots_dir: str = "default.restoration.tmp"
+    initial_advertise_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])
+    name: str = "default"
+    skip_hash_check: bool = False
+    max_fetchers: int = 6
+    max_call_send_message_size: int = 10 * 1024 * 1024
+    max_request_bytes: int = 10 * 1024 * 1024
+    max_txn_ops: int = 10240
+    embedded_etcd_quota_bytes: int = 8 * 1024 * 1024 * 1024
+    auto_compaction_mode: str = "periodic"
+    auto_compaction_retention: str = "30m"
+    restore_from: str = "primary"
+    etcd_bin_dir: str = ""
+
+
+@dataclass
+class ServerConfig:
+    port: int = 8080
+    host: str = "0.0.0.0"
+    server_cert: str = ""
+    server_key: str = ""
+    enable_profiling: bool = False
+    reelection_period: timedelta = timedelta(seconds=5)
+
+
+@dataclass
+class SyncConfig:
+    """The BackupCopier of the dual-endpoint feature."""
+
+    enabled: bool = False
+    period: timedelta = timedelta(minutes=5)
+    max_retries: int = 3
+    retry_backoff: timedelta = timedelta(seconds=30)
+    concurrent_copies: int = 10
+    max_delete_fraction: float = 0.5
+    shutdown_grace: timedelta = timedelta(seconds=30)
+
+
+@dataclass
+class Config:
+    """Everything a command may read. Commands fill only the groups they accept."""
+
+    store: StoreConfig = field(default_factory=StoreConfig)
+    secondary: StoreConfig = field(default_factory=lambda: StoreConfig(env_prefix="SECONDARY_"))
+    source: StoreConfig = field(default_factory=lambda: StoreConfig(env_prefix="SOURCE_"))
+    etcd: EtcdConnectionConfig = field(default_factory=EtcdConnectionConfig)
+    snapshotter: SnapshotterConfig = field(default_factory=SnapshotterConfig)
+    restoration: RestorationConfig = field(default_factory=RestorationConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    log_level: str = "info"
+    log_format: str = "text"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def secondary_configured(self) -> bool:
+        return bool(self.secondary.provider)

@@ -1,0 +1,278 @@
+"""The snapstore protocol and the machinery every provider shares.
+
+Contract of a store (what callers may rely on, whatever the provider):
+
+* ``list()`` returns every snapshot under the store's prefix, sorted (see ``snapshot.sort_key``).
+  An unreachable store raises :class:`StoreUnavailable`; it never answers "empty" on error.
+* ``save(snapshot, stream)`` reads the stream to its end and makes the object visible only once
+  complete: a failed save leaves nothing listed (multipart aborted, staged blocks uncommitted,
+  temp files removed). Memory is bounded by ``min_chunk_size * max_parallel_chunk_uploads``.
+* ``fetch(snapshot)`` returns a readable binary stream; the caller closes it. A missing object
+  raises :class:`ObjectNotFound`.
+* ``delete(snapshot)`` removes the object; :class:`ImmutableObject` when retention forbids it,
+  :class:`ObjectNotFound` when already gone.
+* ``copy_from(other, src, dst)`` performs a server-side copy when ``other`` lives on the same
+  service, and returns False when it cannot (the caller then streams the bytes).
+
+Providers fill in a few object-level primitives; chunking, parallelism and retries live here once.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+import logging
+import threading
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterator
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from ..config import StoreConfig
+from ..errors import StoreError, StoreUnavailable
+from ..snapshot import Snapshot, parse_listing
+
+log = logging.getLogger(__name__)
+
+PART_ATTEMPTS = 5
+
+
+@dataclass
+class ObjectAttrs:
+    """What a listing knows about one object besides its key."""
+
+    size: int | None = None
+    immutable_until: Any = None
+    version_id: str = ""
+
+    def as_dict(self) -> dict:
+        return {"size": self.size, "immutable_until": self.immutable_until, "version_id": self.version_id or None}
+
+
+class SnapStore(abc.ABC):
+    """Base of every provider. Thread-safe: the copier and the snapshotter share one instance."""
+
+    provider: str = ""
+    #: Largest number of parts an upload may have (provider limit); part size grows to respect it.
+    max_parts: int = 10_000
+    #: Smallest part the provider accepts except for the last one.
+    min_part_size: int = 5 * 1024 * 1024
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.prefix = config.prefix_v2
+        self._part_retry_wait = wait_exponential(multiplier=1, min=1, max=16)
+
+    # -- naming ------------------------------------------------------------------------------
+    @property
+    def display(self) -> str:
+        """``S3/bucket``: the endpoint as operators see it in logs."""
+        return f"{self.provider}/{self.config.container}"
+
+    @property
+    def service_identity(self) -> tuple:
+        """Two stores with equal identities can copy server-side."""
+        return (self.provider, self.config.endpoint_override)
+
+    def object_key(self, snapshot: Snapshot) -> str:
+        return snapshot.key
+
+    def list_root(self) -> str:
+        """List the parent of ``<prefix>/v2`` so that both the v1 and v2 trees are seen."""
+        parent = self.prefix.rsplit("/", 1)[0] if "/" in self.prefix else ""
+        return parent + "/" if parent else ""
+
+    # -- public protocol ---------------------------------------------------------------------
+    def check(self) -> None:
+        """Verify the container is reachable with these credentials; raise a StoreError if not."""
+        self._check()
+
+    def list(self, include_all: bool = False) -> list[Snapshot]:
+        entries = ((key, attrs.as_dict()) for key, attrs in self._list_objects(self.list_root()))
+        return parse_listing(entries, endpoint=self.display)
+
+    def save(self, snapshot: Snapshot, stream: BinaryIO) -> int:
+        """Upload ``stream`` as ``snapshot``; returns the number of bytes stored."""
+        return ChunkedUpload(self, self.object_key(snapshot)).run(stream)
+
+    def fetch(self, snapshot: Snapshot) -> BinaryIO:
+        return self._open_read(self.object_key(snapshot))
+
+    def delete(self, snapshot: Snapshot) -> None:
+        self._delete_object(self.object_key(snapshot), snapshot.version_id)
+
+    def copy_from(self, other: "SnapStore", src: Snapshot, dst: Snapshot) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Release clients and pools."""
+
+    # -- provider primitives -----------------------------------------------------------------
+    @abc.abstractmethod
+    def _check(self) -> None: ...
+
+    @abc.abstractmethod
+    def _list_objects(self, prefix: str) -> Iterator[tuple[str, ObjectAttrs]]: ...
+
+    @abc.abstractmethod
+    def _open_read(self, key: str) -> BinaryIO: ...
+
+    @abc.abstractmethod
+    def _delete_object(self, key: str, version_id: str = "") -> None: ...
+
+    @abc.abstractmethod
+    def _put_small(self, key: str, data: bytes) -> None:
+        """Store an object that fits in one part, atomically."""
+
+    @abc.abstractmethod
+    def _begin_upload(self, key: str) -> Any:
+        """Start a multipart upload; returns provider state passed to the calls below."""
+
+    @abc.abstractmethod
+    def _upload_part(self, upload: Any, number: int, data: bytes) -> Any:
+        """Upload part ``number`` (1-based); returns what completion needs about it."""
+
+    @abc.abstractmethod
+    def _complete_upload(self, upload: Any, parts: list[Any]) -> None: ...
+
+    @abc.abstractmethod
+    def _abort_upload(self, upload: Any) -> None:
+        """Discard everything a failed upload staged. Must not raise for 'already gone'."""
+
+
+def read_full(stream: BinaryIO, size: int) -> bytes:
+    """Read exactly ``size`` bytes unless the stream ends first (streams may return short reads)."""
+    chunks, remaining = [], size
+    while remaining > 0:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+class ChunkedUpload:
+    """Stream an object of unknown size in parts, with bounded parallelism and per-part retries.
+
+    At most ``max_parallel_chunk_uploads`` parts are in flight plus the one being read, so memory
+    stays near ``part_size * (parallelism + 1)`` whatever the object's size. The part size starts
+    at ``min_chunk_size`` and doubles when the provider's part-count limit comes near, because the
+    object's size is not known in advance.
+    """
+
+    def __init__(self, store: SnapStore, key: str) -> None:
+        self.store = store
+        self.key = key
+        self.part_size = max(store.config.min_chunk_size, store.min_part_size)
+        self.parallelism = max(1, store.config.max_parallel_chunk_uploads)
+
+    def _next_part_size(self, number: int) -> int:
+        # Keep (parts so far + parts still possible) under the provider's limit by doubling early.
+        if number > 1 and number % max(1, self.store.max_parts // 8) == 0:
+            self.part_size *= 2
+        return self.part_size
+
+    def run(self, stream: BinaryIO) -> int:
+        first = read_full(stream, self.part_size)
+        second = read_full(stream, self.part_size) if len(first) == self.part_size else b""
+        if not second:
+            self._retry(lambda: self.store._put_small(self.key, first))
+            return len(first)
+        return self._multipart(stream, [first, second])
+
+    def _retry(self, fn):
+        for attempt in Retrying(
+            retry=retry_if_exception_type(StoreUnavailable),
+            stop=stop_after_attempt(PART_ATTEMPTS),
+            wait=self.store._part_retry_wait,
+            reraise=True,
+        ):
+            with attempt:
+                return fn()
+
+    def _multipart(self, stream: BinaryIO, pending: list[bytes]) -> int:
+        upload = self._retry(lambda: self.store._begin_upload(self.key))
+        results: dict[int, Any] = {}
+        total = 0
+        slots = threading.BoundedSemaphore(self.parallelism)
+        futures: list[Future] = []
+        failed = threading.Event()
+
+        def send(number: int, data: bytes) -> None:
+            try:
+                results[number] = self._retry(lambda: self.store._upload_part(upload, number, data))
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                slots.release()
+
+        try:
+            with ThreadPoolExecutor(self.parallelism, thread_name_prefix="part-upload") as pool:
+                number = 0
+                while True:
+                    data = pending.pop(0) if pending else read_full(stream, self._next_part_size(number + 1))
+                    if not data:
+                        break
+                    number += 1
+                    total += len(data)
+                    slots.acquire()
+                    if failed.is_set():
+                        slots.release()
+                        break
+                    futures.append(pool.submit(send, number, data))
+                    del data
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for f in futures:
+                    if f.done() and f.exception():
+                        raise f.exception()
+            parts = [results[n] for n in sorted(results)]
+            self._retry(lambda: self.store._complete_upload(upload, parts))
+            return total
+        except BaseException:
+            try:
+                self.store._abort_upload(upload)
+            except Exception as exc:  # the original failure matters more; leftovers are GC'd
+                log.warning("could not abort upload", extra={"store": self.store.display, "key": self.key, "error": str(exc)})
+            raise
+
+
+class HashingReader(io.RawIOBase):
+    """Pass bytes through while hashing and counting them (used to verify copies)."""
+
+    def __init__(self, raw: BinaryIO, hasher) -> None:
+        self.raw = raw
+        self.hasher = hasher
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = self.raw.read(len(buf))
+        n = len(data)
+        buf[:n] = data
+        self.hasher.update(data)
+        self.count += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size) if size is not None and size >= 0 else self.raw.read()
+        self.hasher.update(data)
+        self.count += len(data)
+        return data
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        finally:
+            super().close()
+
+
+def wrap_error(exc: Exception, store: SnapStore, key: str = "") -> StoreError:
+    """Name the endpoint and object in an unexpected failure, treating it as transient."""
+    if isinstance(exc, StoreError):
+        return exc
+    return StoreUnavailable(f"{type(exc).__name__}: {exc}", endpoint=store.display, key=key)
