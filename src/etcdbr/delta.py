@@ -1,0 +1,332 @@
+"""Delta (incremental) snapshot payloads, byte-compatible with the Go etcd-backup-restore.
+
+Before compression a delta snapshot is a JSON array of timed watch events immediately followed
+by the raw 32-byte SHA-256 of the JSON text::
+
+    [{"etcdEvent":{...},"time":"..."},{...}]<sha256 of everything before it>
+
+Each element is Go's ``json.Marshal`` of ``struct{EtcdEvent *clientv3.Event; Time time.Time}``.
+``clientv3.Event`` is mvccpb.Event, whose generated JSON tags all carry ``omitempty``, so zero
+fields disappear and ``type`` is the bare enum number (PUT=0 is therefore omitted).  We write
+exactly the bytes Go writes for the same event, and read anything Go's decoder would accept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import json
+import re
+import time as _time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from .errors import IntegrityError
+
+__all__ = [
+    "EventType",
+    "KeyValue",
+    "Event",
+    "DeltaEncoder",
+    "encode_event",
+    "encode_delta",
+    "decode_delta",
+    "format_go_time",
+    "go_time_now",
+    "parse_go_time",
+    "SHA256_SIZE",
+]
+
+SHA256_SIZE = 32
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+
+
+class EventType(enum.IntEnum):
+    PUT = 0
+    DELETE = 1
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: bytes
+    value: bytes = b""
+    create_revision: int = 0
+    mod_revision: int = 0
+    version: int = 0
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    kv: KeyValue
+    prev_kv: KeyValue | None = None
+    # RFC 3339 with nanoseconds, as Go's time.Time marshals; "" = stamp when encoding.
+    time: str = ""
+
+
+# -- Go time formatting ----------------------------------------------------------------------
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+
+
+def format_go_time(dt: datetime, nanosecond: int | None = None) -> str:
+    """``dt`` as Go's ``time.RFC3339Nano``: trailing fraction zeros dropped, "Z" for UTC.
+
+    A naive ``dt`` is taken as local time.  ``nanosecond`` (0..999999999) replaces the
+    sub-second part when given, since ``datetime`` only holds microseconds.
+    """
+    if dt.tzinfo is None:
+        dt = dt.astimezone()
+    ns = dt.microsecond * 1000 if nanosecond is None else nanosecond
+    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    if ns:
+        text += "." + f"{ns:09d}".rstrip("0")
+    offset = dt.utcoffset() or timedelta(0)
+    if not offset:
+        return text + "Z"
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    hours, mins = divmod(abs(minutes), 60)
+    return f"{text}{sign}{hours:02d}:{mins:02d}"
+
+
+def go_time_now() -> str:
+    """Now, in the local zone, with nanoseconds (what Go's ``time.Now()`` marshals to)."""
+    ns = _time.time_ns()
+    seconds, frac = divmod(ns, 1_000_000_000)
+    return format_go_time(datetime.fromtimestamp(seconds).astimezone(), frac)
+
+
+def parse_go_time(text: str) -> datetime:
+    """Parse an RFC 3339 time with any fraction length (truncated to microseconds)."""
+    m = _RFC3339.fullmatch(text)
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    micro = int((m.group(7) or "0")[:6].ljust(6, "0"))
+    if m.group(8):
+        tz = timezone.utc
+    else:
+        delta = timedelta(hours=int(m.group(10)), minutes=int(m.group(11)))
+        tz = timezone(-delta if m.group(9) == "-" else delta)
+    return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _kv_json(kv: KeyValue) -> str:
+    # Field order and omitempty exactly as mvccpb.KeyValue's struct.
+    fields = []
+    if kv.key:
+        fields.append(f'"key":"{_b64(kv.key)}"')
+    if kv.create_revision:
+        fields.append(f'"create_revision":{int(kv.create_revision)}')
+    if kv.mod_revision:
+        fields.append(f'"mod_revision":{int(kv.mod_revision)}')
+    if kv.version:
+        fields.append(f'"version":{int(kv.version)}')
+    if kv.value:
+        fields.append(f'"value":"{_b64(kv.value)}"')
+    if kv.lease:
+        fields.append(f'"lease":{int(kv.lease)}')
+    return "{" + ",".join(fields) + "}"
+
+
+def encode_event(event: Event, time: str | None = None) -> bytes:
+    """One array element, byte-identical to Go's ``json.Marshal`` of the timed event."""
+    stamp = time or event.time or go_time_now()
+    # Checked rather than escaped: Go can only produce this shape, and it needs no escaping.
+    if not _RFC3339.fullmatch(stamp):
+        raise ValueError(f"event time {stamp!r} is not an RFC 3339 timestamp")
+    fields = []
+    if event.type:
+        fields.append(f'"type":{int(event.type)}')
+    if event.kv is not None:
+        fields.append('"kv":' + _kv_json(event.kv))
+    if event.prev_kv is not None:
+        fields.append('"prev_kv":' + _kv_json(event.prev_kv))
+    return ('{"etcdEvent":{' + ",".join(fields) + '},"time":"' + stamp + '"}').encode("ascii")
+
+
+class DeltaEncoder:
+    """Builds a delta payload incrementally, as the Go snapshotter does.
+
+    ``size`` is the length of the JSON built so far (opening bracket and commas included,
+    closing bracket not), the figure Go compares against the delta memory limit.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        # Hashing as we go keeps finish() from re-reading the whole buffer.
+        self._hash = hashlib.sha256()
+        self._finished = False
+        self.count = 0
+        self.first_revision: int | None = None
+        self.last_revision: int | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self._buf)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, event: Event) -> int:
+        """Append one event; returns the number of bytes the payload grew by."""
+        if self._finished:
+            raise RuntimeError("DeltaEncoder.add() after finish()")
+        element = encode_event(event)
+        piece = (b"," if self.count else b"[") + element
+        self._buf += piece
+        self._hash.update(piece)
+        if self.count == 0:
+            self.first_revision = event.kv.mod_revision
+        self.last_revision = event.kv.mod_revision
+        self.count += 1
+        return len(piece)
+
+    def finish(self) -> bytes:
+        """The complete payload: JSON array + its 32-byte SHA-256.  The encoder is spent after."""
+        if self._finished:
+            raise RuntimeError("DeltaEncoder.finish() called twice")
+        self._finished = True
+        # Go never writes an empty delta; "[]" keeps ours well-formed if a caller does.
+        tail = b"]" if self.count else b"[]"
+        self._hash.update(tail)
+        self._buf += tail
+        self._buf += self._hash.digest()
+        payload = bytes(self._buf)
+        self._buf = bytearray()
+        return payload
+
+
+def encode_delta(events: Iterable[Event]) -> bytes:
+    enc = DeltaEncoder()
+    for ev in events:
+        enc.add(ev)
+    return enc.finish()
+
+
+# -- decoding --------------------------------------------------------------------------------
+#
+# Go's encoding/json matches object keys to struct fields case-insensitively, assigns them in
+# document order (so the last of duplicate or differently-cased keys wins), treats null as
+# "leave the zero value" and ignores unknown keys.  JSON objects are decoded to pair lists so
+# the same rules can be followed here.
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs in document order."""
+
+_EVENT_FIELDS = {"etcdevent": "etcdEvent", "time": "time"}
+_ETCD_EVENT_FIELDS = {"type": "type", "kv": "kv", "prev_kv": "prev_kv"}
+_KV_FIELDS = {
+    name.casefold(): name
+    for name in ("key", "create_revision", "mod_revision", "version", "value", "lease")
+}
+
+
+def _fields(obj: Any, names: dict[str, str], where: str) -> dict[str, Any]:
+    if not isinstance(obj, _Pairs):
+        raise IntegrityError(f"delta snapshot: {where} is not a JSON object")
+    out: dict[str, Any] = {}
+    for key, value in obj:
+        name = names.get(key.casefold())
+        if name is not None:
+            out[name] = value
+    return out
+
+
+def _int64(value: Any, where: str) -> int:
+    if value is None:
+        return 0
+    if type(value) is not int or not _INT64_MIN <= value <= _INT64_MAX:
+        raise IntegrityError(f"delta snapshot: {where} must be a 64-bit integer, got {value!r}")
+    return value
+
+
+def _bytes(value: Any, where: str) -> bytes:
+    if value is None:
+        return b""
+    if not isinstance(value, str):
+        raise IntegrityError(f"delta snapshot: {where} must be a base64 string, got {value!r}")
+    try:
+        # Go's base64.StdEncoding skips CR and LF but is otherwise strict.
+        return base64.b64decode(value.replace("\r", "").replace("\n", ""), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise IntegrityError(f"delta snapshot: {where} is not valid base64: {e}") from None
+
+
+def _kv_from_json(obj: Any, where: str) -> KeyValue | None:
+    if obj is None:
+        return None
+    f = _fields(obj, _KV_FIELDS, where)
+    return KeyValue(
+        key=_bytes(f.get("key"), where + ".key"),
+        value=_bytes(f.get("value"), where + ".value"),
+        create_revision=_int64(f.get("create_revision"), where + ".create_revision"),
+        mod_revision=_int64(f.get("mod_revision"), where + ".mod_revision"),
+        version=_int64(f.get("version"), where + ".version"),
+        lease=_int64(f.get("lease"), where + ".lease"),
+    )
+
+
+def _event_from_json(obj: Any, index: int) -> Event:
+    where = f"event {index}"
+    outer = _fields(obj, _EVENT_FIELDS, where)
+    stamp = outer.get("time")
+    if stamp is None:
+        stamp = ""
+    elif not isinstance(stamp, str):
+        raise IntegrityError(f"delta snapshot: {where}.time must be a string, got {stamp!r}")
+    inner = outer.get("etcdEvent")
+    if inner is None:
+        raise IntegrityError(f"delta snapshot: {where} has no etcdEvent")
+    f = _fields(inner, _ETCD_EVENT_FIELDS, where + ".etcdEvent")
+    raw_type = _int64(f.get("type"), where + ".type")
+    try:
+        etype = EventType(raw_type)
+    except ValueError:
+        raise IntegrityError(f"delta snapshot: {where} has unknown event type {raw_type}") from None
+    kv = _kv_from_json(f.get("kv"), where + ".kv")
+    if kv is None:
+        raise IntegrityError(f"delta snapshot: {where} has no kv")
+    prev_kv = _kv_from_json(f.get("prev_kv"), where + ".prev_kv")
+    return Event(type=etype, kv=kv, prev_kv=prev_kv, time=stamp)
+
+
+def decode_delta(payload: bytes) -> list[Event]:
+    """Verify the SHA-256 trailer of a (decompressed) delta payload and parse its events."""
+    if len(payload) <= SHA256_SIZE:
+        raise IntegrityError(
+            f"delta snapshot payload is {len(payload)} bytes: too short to hold events "
+            f"and a {SHA256_SIZE}-byte sha256"
+        )
+    body = memoryview(payload)[:-SHA256_SIZE]
+    expected = bytes(payload[-SHA256_SIZE:])
+    actual = hashlib.sha256(body).digest()
+    if actual != expected:
+        raise IntegrityError(
+            f"delta snapshot checksum mismatch: expected sha256 {expected.hex()} got {actual.hex()}"
+        )
+    try:
+        items = json.loads(bytes(body), object_pairs_hook=_Pairs)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"delta snapshot is not valid JSON: {e}") from None
+    if items is None:
+        return []
+    if not isinstance(items, list) or isinstance(items, _Pairs):
+        raise IntegrityError("delta snapshot is not a JSON array of events")
+    return [_event_from_json(item, n) for n, item in enumerate(items)]
