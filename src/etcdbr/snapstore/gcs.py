@@ -1,0 +1,590 @@
+"""Google Cloud Storage through google-cloud-storage.
+
+Credentials (compatibility.md §1.3): ``<P>GOOGLE_APPLICATION_CREDENTIALS`` names a service-account
+or external-account JSON file (``P`` = ``SECONDARY_`` or ``SOURCE_`` for those endpoints); a file
+``storageAPIEndpoint`` beside it overrides the API endpoint. ``<P>STORAGE_EMULATOR_HOST`` (or the
+unprefixed one, which the Go SDK reads for every endpoint) selects an emulator. Endpoint order:
+``--store-endpoint-override``, the ``storageAPIEndpoint`` file, the emulator host, Google.
+Requests are anonymous for an emulator, and for a plain-http endpoint without a credentials file
+(an emulator too: Google serves only https, and a bearer token must not travel in clear).
+Otherwise the credentials file is used, or else Application Default Credentials.
+
+Uploads of more than one part follow the Go tool (upload components, compose them) without knowing
+the size in advance. Components go to a staging area outside the snapshot tree,
+``<prefix-parent>/.etcdbr-staging/<upload id>/``, and while the upload goes on they are folded 31 at
+a time into an accumulating staging object (compose takes at most 32 sources). Only the last
+compose writes the snapshot's name, so a snapshot never lists half-written. A failed upload deletes
+its staging area; one abandoned by a crash is swept by ``check()`` after a day.
+
+Immutability: ``immutable_until`` is the object's retention expiry (bucket retention policy, or
+object retention). A temporary or event-based hold has no expiry: such an object is reported
+immutable until ``HELD_UNTIL`` (year 9999), so GC skips it until the hold is released, and the HTTP
+API shows why. Deleting either kind is answered 403 by GCS and raised as ImmutableObject.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import re
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+from urllib.parse import quote, urlparse
+
+import google.auth
+import google_crc32c
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+from google.cloud.storage.retry import DEFAULT_RETRY
+from google.oauth2 import service_account
+from requests.adapters import HTTPAdapter
+
+from .. import logs
+from ..errors import ConfigError, EtcdbrError, ImmutableObject, ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
+from ..snapshot import Snapshot, parse_listing
+from .base import ObjectAttrs, SnapStore
+from .credentials import Credentials
+
+log = logging.getLogger(__name__)
+
+CREDENTIALS_VAR = "GOOGLE_APPLICATION_CREDENTIALS"
+EMULATOR_VAR = "STORAGE_EMULATOR_HOST"
+ENDPOINT_FILE = "storageAPIEndpoint"
+GOOGLE_ENDPOINT = "https://storage.googleapis.com"
+SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
+EMULATOR_PROJECT = "test"
+#: Client() insists on a project; object calls never use it, so any name avoids an ADC lookup.
+PLACEHOLDER_PROJECT = "etcd-backup-restore"
+
+STAGING_DIR = ".etcdbr-staging"
+#: Staging objects untouched for this long belong to an upload that died with its process.
+STALE_STAGING = timedelta(hours=24)
+COMPOSE_LIMIT = 32
+EXCLUDE_KEY = "x-etcd-snapshot-exclude"
+HELD_UNTIL = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+CONTENT_TYPE = "application/octet-stream"
+READ_CHUNK = 8 * 1024 * 1024
+LIST_PAGE = 1000
+#: (connect, read) seconds per HTTP request.
+TIMEOUT = (10, 120)
+#: How long the SDK itself retries one call on 429/5xx/connection errors before giving up.
+SDK_RETRY_SECONDS = 10.0
+DELETE_WORKERS = 8
+
+_IMMUTABLE_MESSAGE = re.compile(r"\bretention\b|\bhold\b|\bretained\b", re.IGNORECASE)
+
+
+@dataclass
+class _Upload:
+    """State of one composed upload, shared by the part-upload threads."""
+
+    key: str
+    staging: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Held by whoever composes; composes of one upload run one at a time and in order.
+    composing: threading.Lock = field(default_factory=threading.Lock)
+    #: Uploaded components not yet folded into the accumulator: part number -> object name.
+    ready: dict = field(default_factory=dict)
+    folded_upto: int = 0
+    accumulator: str | None = None
+    step: int = 0
+
+
+class GCSStore(SnapStore):
+    provider = "GCS"
+    # Composite objects have no component limit today; doubling the part size past ~1250 parts
+    # keeps the number of composes (one per 31 parts) reasonable for very large snapshots.
+    max_parts = 10_000
+    # Compose accepts components of any size.
+    min_part_size = 1
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.bucket_name = config.container
+        if not self.bucket_name:
+            raise ConfigError("GCS needs a bucket: set --store-container (or STORAGE_CONTAINER)")
+        creds_path = config.env(CREDENTIALS_VAR) or ""
+        # The files whose change (secret rotation) makes the base class rebuild this store.
+        watched = [creds_path, str(Path(creds_path).parent / ENDPOINT_FILE)] if creds_path else []
+        self.credentials: Credentials | None = Credentials({}, watched) if creds_path else None
+        emulator = config.env(EMULATOR_VAR) or os.environ.get(EMULATOR_VAR) or ""
+        self.endpoint = _normalise_endpoint(
+            config.endpoint_override or _endpoint_file(creds_path) or (emulator and _with_scheme(emulator)) or ""
+        )
+        anonymous = bool(emulator) or (self.endpoint.startswith("http://") and not creds_path)
+        gcreds, project = self._load_credentials(creds_path, anonymous)
+        options = {"api_endpoint": self.endpoint} if self.endpoint else None
+        try:
+            self.client = storage.Client(project=project, credentials=gcreds, client_options=options)
+        except (ValueError, auth_exceptions.GoogleAuthError) as exc:
+            raise ConfigError(f"{self.display}: cannot set up the GCS client: {exc}") from None
+        # The default pool keeps 10 connections; parallel parts plus deletes need more.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(10, config.max_parallel_chunk_uploads * 2 + DELETE_WORKERS))
+        for scheme in ("https://", "http://"):
+            self.client._http.mount(scheme, adapter)
+        self.bucket = self.client.bucket(self.bucket_name)
+        self._retry = DEFAULT_RETRY.with_timeout(SDK_RETRY_SECONDS)
+        self.staging_root = self.list_root() + STAGING_DIR + "/"
+        self._upload_url = f"{self.client._connection.API_BASE_URL}/upload/storage/v1/b/{quote(self.bucket_name, safe='')}/o"
+
+    # -- construction ------------------------------------------------------------------------
+    def _load_credentials(self, path: str, anonymous: bool):
+        var = self.config.env_prefix + CREDENTIALS_VAR
+        if anonymous:
+            return AnonymousCredentials(), EMULATOR_PROJECT
+        if path:
+            info = _read_credentials_file(path, var)
+            try:
+                creds = _credentials_from_info(info)
+            except (ValueError, KeyError, TypeError, auth_exceptions.GoogleAuthError) as exc:
+                # The message names the file and what is wrong with it, never its contents.
+                raise ConfigError(f"{var}: cannot load GCS credentials from {path!r}: {_first_line(exc)}") from None
+            return creds, info.get("project_id") or PLACEHOLDER_PROJECT
+        try:
+            creds, project = google.auth.default(scopes=list(SCOPES))
+        except auth_exceptions.DefaultCredentialsError:
+            raise ConfigError(
+                f"{self.display}: no GCS credentials: set {var} to a service-account JSON file "
+                f"(or {EMULATOR_VAR} for an emulator)"
+            ) from None
+        log.info("using application default credentials", extra={"store": self.display})
+        return creds, project or PLACEHOLDER_PROJECT
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # best effort: the pool dies with the process anyway
+            pass
+
+    # -- naming ------------------------------------------------------------------------------
+    @property
+    def endpoint_display(self) -> str:
+        return self.endpoint or GOOGLE_ENDPOINT
+
+    @property
+    def service_identity(self) -> tuple:
+        return ("GCS", self.endpoint_display.rstrip("/"))
+
+    # -- errors ------------------------------------------------------------------------------
+    def _error(self, exc: BaseException, key: str = "", *, bucket: str | None = None,
+               listing: bool = False) -> EtcdbrError:
+        """Map one google-cloud-storage failure to our error family (the only place that knows them)."""
+        if isinstance(exc, EtcdbrError):
+            return exc
+        endpoint = self.display if bucket in (None, self.bucket_name) else f"GCS/{bucket}"
+        if isinstance(exc, api_exceptions.RetryError) and exc.cause is not None:
+            return self._error(exc.cause, key, bucket=bucket, listing=listing)
+        status, message = 0, ""
+        if isinstance(exc, api_exceptions.GoogleAPICallError):
+            status, message = int(exc.code or 0), exc.message or ""
+        elif isinstance(exc, InvalidResponse):
+            status, message = int(getattr(exc.response, "status_code", 0) or 0), _first_line(exc)
+        if status:
+            detail = f"HTTP {status}: {message}" if message else f"HTTP {status}"
+            if status == 404:
+                # Listing a prefix never 404s for want of objects: only the bucket can be missing.
+                if listing or "bucket" in message.lower():
+                    return StoreError(f"bucket {self.bucket_name!r} does not exist at {self.endpoint_display}",
+                                      endpoint=endpoint, key=key)
+                return ObjectNotFound("no such object", endpoint=endpoint, key=key)
+            if status == 403 and _IMMUTABLE_MESSAGE.search(message):
+                return ImmutableObject(f"refused under retention or hold: {message}", endpoint=endpoint, key=key)
+            if status in (401, 403):
+                return PermissionDenied(f"access refused by {self.endpoint_display}: {detail}", endpoint=endpoint, key=key)
+            if status in (408, 429) or status >= 500:
+                return StoreUnavailable(f"{self.endpoint_display} answered {detail}", endpoint=endpoint, key=key)
+            return StoreError(f"{self.endpoint_display} refused the request: {detail}", endpoint=endpoint, key=key)
+        if isinstance(exc, auth_exceptions.RefreshError):
+            if getattr(exc, "retryable", False):
+                return StoreUnavailable(f"cannot refresh the access token: {_first_line(exc)}", endpoint=endpoint, key=key)
+            return PermissionDenied(f"credentials refused: {_first_line(exc)}", endpoint=endpoint, key=key)
+        if isinstance(exc, auth_exceptions.DefaultCredentialsError):
+            return ConfigError(f"{endpoint}: {_first_line(exc)}")
+        if isinstance(exc, DataCorruption):
+            return StoreUnavailable("checksum mismatch in transfer", endpoint=endpoint, key=key)
+        if isinstance(exc, (requests.RequestException, auth_exceptions.TransportError, api_exceptions.RetryError,
+                            ConnectionError, TimeoutError, OSError)):
+            return StoreUnavailable(f"cannot reach {self.endpoint_display}: {_short(exc)}", endpoint=endpoint, key=key)
+        return StoreUnavailable(f"{type(exc).__name__}: {_first_line(exc)}", endpoint=endpoint, key=key)
+
+    def _call(self, key: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise self._error(exc, key) from exc
+
+    # -- listing -----------------------------------------------------------------------------
+    def _check(self) -> None:
+        # Listing needs only storage.objects.list, which every use of the store needs anyway
+        # (buckets.get is often not granted to a backup service account).
+        try:
+            for _ in self.client.list_blobs(self.bucket, prefix=self.prefix + "/", max_results=1,
+                                            timeout=TIMEOUT, retry=self._retry):
+                break
+        except Exception as exc:
+            raise self._error(exc, listing=True) from exc
+        self._sweep_staging()
+
+    def list(self, include_all: bool = False) -> list[Snapshot]:
+        entries = ((key, attrs.as_dict()) for key, attrs in self._list_objects(self.list_root(), include_all))
+        return parse_listing(entries, endpoint=self.display)
+
+    def _list_objects(self, prefix: str, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
+        try:
+            blobs = self.client.list_blobs(self.bucket, prefix=prefix, page_size=LIST_PAGE,
+                                           timeout=TIMEOUT, retry=self._retry)
+            for blob in blobs:
+                if blob.name.startswith(self.staging_root):
+                    continue
+                if not include_all and str((blob.metadata or {}).get(EXCLUDE_KEY, "")).lower() == "true":
+                    continue
+                yield blob.name, ObjectAttrs(size=blob.size, immutable_until=_immutable_until(blob))
+        except EtcdbrError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, listing=True) from exc
+
+    def _sweep_staging(self) -> None:
+        """Delete the staging objects of uploads that died with their process (best effort)."""
+        cutoff = datetime.now(timezone.utc) - STALE_STAGING
+        try:
+            stale = [b.name for b in self.client.list_blobs(self.bucket, prefix=self.staging_root, page_size=LIST_PAGE,
+                                                            timeout=TIMEOUT, retry=self._retry)
+                     if b.updated is not None and b.updated < cutoff]
+        except Exception as exc:
+            log.warning("could not list abandoned upload leftovers",
+                        extra={"store": self.display, "error": str(self._error(exc, self.staging_root))})
+            return
+        if stale:
+            log.info("removing leftovers of abandoned uploads", extra={"store": self.display, "objects": len(stale)})
+            self._delete_many(stale)
+
+    # -- reading and deleting ----------------------------------------------------------------
+    def _open_read(self, key: str) -> BinaryIO:
+        # Pinning the generation keeps a concurrent overwrite from mixing two objects' bytes.
+        blob = self._call(key, self.bucket.get_blob, key, timeout=TIMEOUT, retry=self._retry)
+        if blob is None:
+            raise ObjectNotFound("no such object", endpoint=self.display, key=key)
+        reader = blob.open("rb", chunk_size=READ_CHUNK, raw_download=True, timeout=TIMEOUT, retry=self._retry)
+        return io.BufferedReader(_Reader(reader, self, key), buffer_size=1024 * 1024)
+
+    def _delete_object(self, key: str, version_id: str = "") -> None:
+        self._call(key, self.bucket.delete_blob, key, timeout=TIMEOUT, retry=self._retry)
+
+    def _delete_many(self, names: list[str]) -> None:
+        """Delete objects in parallel; missing ones are fine, other failures are logged."""
+
+        def delete(name: str) -> None:
+            try:
+                self.bucket.delete_blob(name, timeout=TIMEOUT, retry=self._retry)
+            except api_exceptions.NotFound:
+                pass
+            except Exception as exc:
+                log.warning("could not delete staging object",
+                            extra={"store": self.display, "key": name, "error": str(self._error(exc, name))})
+
+        if len(names) == 1:
+            delete(names[0])
+        elif names:
+            with ThreadPoolExecutor(min(DELETE_WORKERS, len(names)), thread_name_prefix="gcs-delete") as pool:
+                list(pool.map(delete, names))
+
+    # -- uploads -----------------------------------------------------------------------------
+    def _put_small(self, key: str, data: bytes) -> None:
+        self._call(key, self._upload_bytes, key, data)
+
+    def _upload_bytes(self, name: str, data: bytes, *, exclusive: bool = False) -> None:
+        """One-request media upload of ``data``, checked against the CRC32C the service computed.
+
+        The SDK's uploads build a second copy of the part (multipart body, or resumable chunks);
+        a media upload sends the caller's buffer as it is, which keeps memory at one copy per part
+        in flight. ``exclusive`` adds ``ifGenerationMatch=0`` (create only).
+        """
+        params = {"uploadType": "media", "name": name}
+        if exclusive:
+            params["ifGenerationMatch"] = "0"
+        expected = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+
+        def send() -> None:
+            response = self.client._http.request(
+                "POST", self._upload_url, params=params, data=data, timeout=TIMEOUT,
+                headers={"Content-Type": CONTENT_TYPE, "X-Goog-Hash": f"crc32c={expected}"})
+            if response.status_code >= 400:
+                raise api_exceptions.from_http_response(response)
+            stored = (response.json() or {}).get("crc32c")
+            if stored and stored != expected:
+                # GCS validates X-Goog-Hash itself; this catches a server that does not. The bad
+                # object must go, or the exclusive retry would take it for an earlier success.
+                try:
+                    self.bucket.delete_blob(name, timeout=TIMEOUT)
+                except Exception:
+                    pass
+                raise DataCorruption(response, f"crc32c mismatch: sent {expected}, stored {stored}")
+
+        self._retry(send)()
+
+    def _begin_upload(self, key: str) -> Any:
+        return _Upload(key=key, staging=f"{self.staging_root}{uuid.uuid4().hex}/")
+
+    def _upload_part(self, upload: Any, number: int, data: bytes) -> Any:
+        name = f"{upload.staging}{number:010d}"
+        try:
+            # The name is unique to this upload and part, so an existing object (412) can only be an
+            # earlier attempt of this very call whose answer got lost.
+            self._upload_bytes(name, data, exclusive=True)
+        except api_exceptions.PreconditionFailed:
+            pass
+        except Exception as exc:
+            raise self._error(exc, upload.key) from exc
+        with upload.lock:
+            upload.ready[number] = name
+        # Fold while uploading so that staging stays small; if another thread is composing, it
+        # (or the completion) will pick this part up.
+        if upload.composing.acquire(blocking=False):
+            try:
+                self._fold(upload, keep_last=True)
+            finally:
+                upload.composing.release()
+        return name
+
+    def _fold(self, upload: _Upload, *, keep_last: bool) -> None:
+        """Compose consecutive ready components into the accumulator while a full batch is there.
+
+        With ``keep_last`` a batch is folded only when a part after it is ready too, so that the
+        final compose always has a component besides the accumulator. Each step writes a new name
+        (``acc-<step>``) from sources that never change, so repeating a step after a lost answer
+        produces the same object.
+        """
+        while True:
+            with upload.lock:
+                room = COMPOSE_LIMIT - (1 if upload.accumulator else 0)
+                first = upload.folded_upto + 1
+                numbers = list(range(first, first + room))
+                if not all(n in upload.ready for n in numbers):
+                    return
+                if keep_last and first + room not in upload.ready:
+                    return
+                batch = [upload.ready[n] for n in numbers]
+                previous, step = upload.accumulator, upload.step + 1
+            target = f"{upload.staging}acc-{step:06d}"
+            self._compose(target, ([previous] if previous else []) + batch, upload.key, exclusive=True)
+            with upload.lock:
+                upload.accumulator, upload.step, upload.folded_upto = target, step, numbers[-1]
+                for n in numbers:
+                    del upload.ready[n]
+            self._delete_many(([previous] if previous else []) + batch)
+
+    def _compose(self, target: str, sources: list[str], key: str, *, exclusive: bool = False) -> None:
+        blob = self.bucket.blob(target)
+        blob.content_type = CONTENT_TYPE
+        kwargs = {"if_generation_match": 0} if exclusive else {}
+        try:
+            blob.compose([self.bucket.blob(s) for s in sources], timeout=TIMEOUT, retry=self._retry, **kwargs)
+        except api_exceptions.PreconditionFailed:
+            if not exclusive:
+                raise self._error(api_exceptions.PreconditionFailed("compose precondition failed"), key) from None
+            # Our own earlier attempt of this step got through.
+        except Exception as exc:
+            raise self._error(exc, key) from exc
+
+    def _complete_upload(self, upload: Any, parts: list[Any]) -> None:
+        with upload.composing:
+            self._fold(upload, keep_last=False)
+            with upload.lock:
+                remaining = [upload.ready[n] for n in sorted(upload.ready)]
+                sources = ([upload.accumulator] if upload.accumulator else []) + remaining
+            # The snapshot name appears here, complete, or not at all. No generation precondition:
+            # saving a name again replaces it, as on every other provider.
+            self._compose(upload.key, sources, upload.key)
+        try:
+            self._remove_staging(upload)
+        except Exception as exc:  # the snapshot is stored; leftovers are swept later
+            log.warning("could not remove upload staging objects",
+                        extra={"store": self.display, "key": upload.key, "error": str(self._error(exc, upload.key))})
+
+    def _abort_upload(self, upload: Any) -> None:
+        try:
+            self._remove_staging(upload)
+        except Exception as exc:
+            raise self._error(exc, upload.key) from exc
+
+    def _remove_staging(self, upload: _Upload) -> None:
+        # List rather than trust our bookkeeping: a part whose answer was lost still left an object.
+        names = [b.name for b in self.client.list_blobs(self.bucket, prefix=upload.staging, page_size=LIST_PAGE,
+                                                        timeout=TIMEOUT, retry=self._retry)]
+        self._delete_many(names)
+
+    # -- server-side copy --------------------------------------------------------------------
+    def copy_from(self, other: SnapStore, src: Snapshot, dst: Snapshot) -> bool:
+        """Rewrite inside GCS when ``other`` is on the same endpoint; False to make the caller stream.
+
+        The rewrite runs with this store's credentials, which must be able to read the source
+        bucket; when GCS refuses (403), False lets the caller stream the bytes instead. The
+        destination appears only when the rewrite is complete.
+        """
+        if not isinstance(other, GCSStore) or other.service_identity != self.service_identity:
+            return False
+        src_key, dst_key = other.object_key(src), self.object_key(dst)
+        source = self.client.bucket(other.bucket_name).blob(src_key)
+        target = self.bucket.blob(dst_key)
+        token = None
+        try:
+            while True:
+                token, _, _ = target.rewrite(source, token=token, timeout=TIMEOUT, retry=self._retry)
+                if token is None:
+                    break
+        except Exception as exc:
+            mapped = self._error(exc, src_key, bucket=other.bucket_name)
+            if isinstance(mapped, PermissionDenied):
+                log.info("server-side copy refused; streaming instead",
+                         extra={"store": self.display, "source": other.display, "key": src_key, "error": mapped.reason})
+                return False
+            raise mapped from exc
+        return True
+
+
+class _Reader(io.RawIOBase):
+    """A BlobReader whose failures are our errors, naming store and key."""
+
+    def __init__(self, reader, store: GCSStore, key: str) -> None:
+        self._reader = reader
+        self._store = store
+        self._key = key
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        try:
+            data = self._reader.read(len(buf))
+        except Exception as exc:
+            raise self._store._error(exc, self._key) from exc
+        n = len(data)
+        buf[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._reader.close()
+            except Exception:
+                pass
+            finally:
+                super().close()
+
+
+def _immutable_until(blob) -> datetime | None:
+    until = blob.retention_expiration_time
+    retention = getattr(blob, "retention", None)
+    retain = getattr(retention, "retain_until_time", None) if retention is not None else None
+    if retain is not None and (until is None or retain > until):
+        until = retain
+    if blob.temporary_hold or blob.event_based_hold:
+        return HELD_UNTIL
+    return until
+
+
+def _endpoint_file(creds_path: str) -> str:
+    """The Go tool's ``storageAPIEndpoint`` file beside the credentials file, if any."""
+    if not creds_path:
+        return ""
+    path = Path(creds_path).parent / ENDPOINT_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror})") from None
+    parsed = urlparse(text)
+    if text and (not parsed.scheme or not parsed.netloc):
+        raise ConfigError(f"{path} must hold a URL such as https://storage.example.com")
+    return text
+
+
+def _with_scheme(host: str) -> str:
+    # The Go SDK takes STORAGE_EMULATOR_HOST as host:port; the Python one wants a URL.
+    return host if "://" in host else f"http://{host}"
+
+
+def _normalise_endpoint(url: str) -> str:
+    """The Go SDK's endpoints include the JSON API path (``.../storage/v1/``); ours must not."""
+    url = url.strip().rstrip("/")
+    for suffix in ("/storage/v1", "/upload/storage/v1"):
+        if url.endswith(suffix):
+            url = url[: -len(suffix)]
+    return url
+
+
+def _read_credentials_file(path: str, var: str) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{var}: cannot read GCS credentials file {path!r} ({exc.strerror})") from None
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"{var}: GCS credentials file {path!r} is not valid JSON") from None
+    if not isinstance(info, dict):
+        raise ConfigError(f"{var}: GCS credentials file {path!r} must hold a JSON object")
+    _register_secrets(info)
+    return info
+
+
+def _credentials_from_info(info: dict):
+    """Credentials of the two kinds the Go tool accepts, built without any network call.
+
+    (google.auth's generic loader resolves an external account's project, which already
+    exchanges a token; and it accepts kinds an operator did not mean to hand us.)
+    """
+    kind = info.get("type")
+    if kind == "service_account":
+        return service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES))
+    if kind == "external_account":
+        source = info.get("credential_source") or {}
+        if str(source.get("environment_id", "")).startswith("aws"):
+            from google.auth import aws as module
+        elif "executable" in source:
+            from google.auth import pluggable as module
+        else:
+            from google.auth import identity_pool as module
+        return module.Credentials.from_info(info, scopes=list(SCOPES))
+    raise ValueError(f"credentials of type {kind!r} are not supported (service_account or external_account)")
+
+
+def _register_secrets(info: dict) -> None:
+    """Mask the private parts of a credentials file in logs, whatever logs them later."""
+    for name in ("private_key", "private_key_id", "client_secret", "refresh_token"):
+        value = info.get(name)
+        if isinstance(value, str):
+            logs.register_secret(value)
+            # A PEM key may surface line by line (e.g. in a parser's error).
+            for line in value.splitlines():
+                if len(line) >= 16 and "-----" not in line:
+                    logs.register_secret(line)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _short(exc: BaseException) -> str:
+    """Connection errors nest causes and repeat URLs; one readable clause is enough."""
+    text = str(exc)
+    for marker in ("Connection refused", "timed out", "Name or service not known", "Connection reset",
+                   "Remote end closed connection"):
+        if marker in text:
+            return marker.lower()
+    return _first_line(exc)
