@@ -121,7 +121,8 @@ class Snapshot:
 
 def _go_time(t: datetime) -> str:
     t = t.astimezone(timezone.utc)
-    text = t.strftime("%Y-%m-%dT%H:%M:%S")
+    # %Y is not zero-padded for years < 1000 on every libc; Go's zero time is 0001-01-01.
+    text = f"{t.year:04d}" + t.strftime("-%m-%dT%H:%M:%S")
     if t.microsecond:
         text += f".{t.microsecond:06d}".rstrip("0")
     return text + "Z"
