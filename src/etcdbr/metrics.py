@@ -6,7 +6,10 @@ carry secrets or object keys: only kinds, outcomes and endpoint roles.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# The Go client exposes no *_created series; keep the exposition the same.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 NS = "etcdbr"
@@ -22,7 +25,9 @@ snapshot_gc_total = Counter(f"{NS}_snapshot_gc_total", "Snapshots deleted by gar
 snapstore_latest_deltas_total = Gauge(f"{NS}_snapstore_latest_deltas_total", "Deltas after the latest full snapshot.", registry=REGISTRY)
 snapstore_latest_deltas_revisions_total = Gauge(f"{NS}_snapstore_latest_deltas_revisions_total",
                                                 "Revisions covered by the deltas after the latest full snapshot.", registry=REGISTRY)
-snapshotter_failure = Counter(f"{NS}_snapshotter_failure", "Snapshotter failures by error class.", ["error"], registry=REGISTRY)
+# prometheus_client would expose a Counter as ``..._failure_total``; the Go tool's series is
+# ``etcdbr_snapshotter_failure``, so it is a gauge that only ever increases.
+snapshotter_failure = Gauge(f"{NS}_snapshotter_failure", "Snapshotter failures by error class (monotonic).", ["error"], registry=REGISTRY)
 defragmentation_duration = Histogram(f"{NS}_defragmentation_duration_seconds", "Time taken to defragment etcd.",
                                      ["succeeded", "endpoint"], registry=REGISTRY, buckets=_BUCKETS)
 validation_duration = Histogram(f"{NS}_validation_duration_seconds", "Time taken to validate a data dir.", ["succeeded"],

@@ -155,6 +155,11 @@ def new_snapshot(
     )
 
 
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only, as Go's strconv accepts (``str.isdigit`` also takes ``²`` and ``١``)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_name(name: str) -> tuple[Kind, int, int, datetime, str, bool]:
     """Parse ``<Kind>-<start>-<last>-<unix><suffix>[.final]``."""
     tokens = name.split("-")
@@ -167,15 +172,19 @@ def parse_name(name: str) -> tuple[Kind, int, int, datetime, str, bool]:
         raise SnapshotNameError(f"{name!r}: unknown kind {kind_text!r}") from None
     if kind is Kind.CHUNK:
         raise SnapshotNameError(f"{name!r}: unknown kind {kind_text!r}")
-    if not (start_text.isdigit() and last_text.isdigit()):
+    if not (_is_decimal(start_text) and _is_decimal(last_text)):
         raise SnapshotNameError(f"{name!r}: revisions must be decimal numbers")
     start, last = int(start_text), int(last_text)
     if start > last:
         raise SnapshotNameError(f"{name!r}: start revision {start} > last revision {last}")
     pieces = rest.split(".")
-    if not pieces[0].isdigit():
+    if not _is_decimal(pieces[0]):
         raise SnapshotNameError(f"{name!r}: creation time {pieces[0]!r} is not a unix time")
-    created = datetime.fromtimestamp(int(pieces[0]), tz=timezone.utc)
+    try:
+        created = datetime.fromtimestamp(int(pieces[0]), tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        # One stray object must never break the listing of the others.
+        raise SnapshotNameError(f"{name!r}: creation time {pieces[0]!r} is out of range") from None
     is_final = len(pieces) > 1 and pieces[-1] == "final"
     middle = pieces[1:-1] if is_final else pieces[1:]
     if len(middle) > 1 or (middle and not middle[0]):
@@ -227,7 +236,10 @@ def parse_key(key: str) -> Snapshot:
 
 
 def sort_key(s: Snapshot) -> tuple:
-    return (s.last_revision, s.is_chunk, s.created_on)
+    # The Go order (last revision, non-chunk first, creation time), with one tie-break added: a
+    # full snapshot sorts after a delta ending at the same revision, because the full supersedes
+    # it (both can carry the same creation second when a full is taken right after a delta).
+    return (s.last_revision, s.is_chunk, s.kind is Kind.FULL, s.created_on)
 
 
 def parse_listing(keys: Iterable[tuple[str, dict]], *, endpoint: str = "") -> list[Snapshot]:
