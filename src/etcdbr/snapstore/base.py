@@ -15,11 +15,16 @@ Contract of a store (what callers may rely on, whatever the provider):
   service, and returns False when it cannot (the caller then streams the bytes).
 
 Providers fill in a few object-level primitives; chunking, parallelism and retries live here once.
+
+Credentials rotated on disk are picked up without a restart: a provider that keeps the loaded
+:class:`~.credentials.Credentials` in ``self.credentials`` is rebuilt from its config before the
+next public call once the credential files' fingerprint changes (see :meth:`SnapStore._reload_if_rotated`).
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import io
 import logging
 import threading
@@ -30,12 +35,13 @@ from typing import Any, BinaryIO, Iterator
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ..config import StoreConfig
-from ..errors import StoreError, StoreUnavailable
+from ..errors import EtcdbrError, StoreError, StoreUnavailable
 from ..snapshot import Snapshot, parse_listing
 
 log = logging.getLogger(__name__)
 
 PART_ATTEMPTS = 5
+_RELOAD_LOCK = threading.Lock()
 
 
 @dataclass
@@ -50,10 +56,65 @@ class ObjectAttrs:
         return {"size": self.size, "immutable_until": self.immutable_until, "version_id": self.version_id or None}
 
 
+#: Public calls before which rotated credentials are picked up.
+_RELOADING_CALLS = ("check", "list", "save", "fetch", "delete", "copy_from")
+#: Old client states kept open after a rotation, for calls still running on them.
+_RETIRED_KEPT = 2
+
+
+def _reloading(fn):
+    if getattr(fn, "_reloads_credentials", False):
+        return fn
+
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        self._reload_if_rotated()
+        return fn(self, *args, **kwargs)
+
+    call._reloads_credentials = True
+    return call
+
+
+def _baselining(init):
+    @functools.wraps(init)
+    def construct(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if type(self).__init__ is construct:  # only the outermost constructor takes the baseline
+            creds = getattr(self, "credentials", None)
+            self._creds_fingerprint = creds.fingerprint() if creds is not None else None
+
+    construct._baselines = True
+    return construct
+
+
+def _closing(close):
+    @functools.wraps(close)
+    def call(self, *args, **kwargs):
+        try:
+            return close(self, *args, **kwargs)
+        finally:
+            self._close_retired()
+
+    call._closes_retired = True
+    return call
+
+
 class SnapStore(abc.ABC):
     """Base of every provider. Thread-safe: the copier and the snapshotter share one instance."""
 
     provider: str = ""
+    #: Instance attributes a credential reload keeps (tuning set after construction).
+    _keep_on_reload: tuple[str, ...] = ("_part_retry_wait",)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _RELOADING_CALLS:
+            if name in cls.__dict__:
+                setattr(cls, name, _reloading(cls.__dict__[name]))
+        if "__init__" in cls.__dict__ and not getattr(cls.__dict__["__init__"], "_baselines", False):
+            cls.__init__ = _baselining(cls.__dict__["__init__"])
+        if "close" in cls.__dict__ and not getattr(cls.__dict__["close"], "_closes_retired", False):
+            cls.close = _closing(cls.__dict__["close"])
     #: Largest number of parts an upload may have (provider limit); part size grows to respect it.
     max_parts: int = 10_000
     #: Smallest part the provider accepts except for the last one.
@@ -108,6 +169,58 @@ class SnapStore(abc.ABC):
     def close(self) -> None:
         """Release clients and pools."""
 
+    # -- credential rotation -----------------------------------------------------------------
+    def _reload_if_rotated(self) -> None:
+        """Rebuild this store's clients when its credential files changed since they were read.
+
+        Kubernetes rotates a secret by swapping the files of its volume; the Go tool polls their
+        mtimes and rebuilds its client, so must we, or every call fails once the old key is
+        revoked. The store is rebuilt whole from its config (the provider's own constructor reads
+        the new files, registers the new secrets for masking and validates them) and its state is
+        adopted in place, so every holder of this instance sees the new credentials. Files that
+        cannot be used (half written, malformed) keep the previous credentials, with one warning
+        per change. Clients of the previous state stay open for calls still running on them.
+        """
+        creds = self.__dict__.get("credentials")
+        if creds is None or not getattr(creds, "sources", None):
+            return
+        current = creds.fingerprint()
+        if current == self.__dict__.get("_creds_fingerprint") or current == self.__dict__.get("_creds_refused"):
+            return
+        with _RELOAD_LOCK:
+            if self.__dict__.get("credentials") is not creds:
+                return  # another thread reloaded meanwhile
+            try:
+                fresh = type(self)(self.config)
+            except EtcdbrError as exc:
+                self._creds_refused = current
+                log.warning("credentials changed but cannot be used; keeping the previous ones",
+                            extra={"store": self.display, "error": str(exc)})
+                return
+            old_state = dict(self.__dict__)
+            kept = {k: old_state[k] for k in self._keep_on_reload if k in old_state}
+            retired = old_state.pop("_retired_states", [])
+            self.__dict__.update(fresh.__dict__)
+            self.__dict__.update(kept)
+            retired.append(old_state)
+            while len(retired) > _RETIRED_KEPT:
+                self._close_state(retired.pop(0))
+            self._retired_states = retired
+        log.info("credentials changed; store clients rebuilt", extra={"store": self.display})
+
+    def _close_state(self, state: dict) -> None:
+        shell = object.__new__(type(self))
+        shell.__dict__.update(state)
+        shell.__dict__.pop("_retired_states", None)
+        try:
+            shell.close()
+        except Exception as exc:  # best effort: it only frees connections
+            log.debug("could not close a retired store client", extra={"store": self.display, "error": str(exc)})
+
+    def _close_retired(self) -> None:
+        for state in self.__dict__.pop("_retired_states", []):
+            self._close_state(state)
+
     # -- provider primitives -----------------------------------------------------------------
     @abc.abstractmethod
     def _check(self) -> None: ...
@@ -139,6 +252,11 @@ class SnapStore(abc.ABC):
     @abc.abstractmethod
     def _abort_upload(self, upload: Any) -> None:
         """Discard everything a failed upload staged. Must not raise for 'already gone'."""
+
+
+for _name in _RELOADING_CALLS:
+    setattr(SnapStore, _name, _reloading(SnapStore.__dict__[_name]))
+SnapStore.close = _closing(SnapStore.__dict__["close"])
 
 
 def read_full(stream: BinaryIO, size: int) -> bytes:
@@ -180,7 +298,10 @@ class ChunkedUpload:
         if not second:
             self._retry(lambda: self.store._put_small(self.key, first))
             return len(first)
-        return self._multipart(stream, [first, second])
+        pending = [first, second]
+        # Our names would keep both parts alive for the whole upload: the list must own them alone.
+        del first, second
+        return self._multipart(stream, pending)
 
     def _retry(self, fn):
         for attempt in Retrying(

@@ -76,20 +76,26 @@ class LocalStore(SnapStore):
         total = 0
         try:
             with os.fdopen(fd, "wb") as out:
+                # A failure of the source stream is the caller's (not retryable as a store error);
+                # only failures of our own writes become store errors.
                 while chunk := stream.read(COPY_BUFFER):
-                    out.write(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise self._error(exc, key) from exc
                     total += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
-        except BaseException as exc:
+                try:
+                    out.flush()
+                    os.fsync(out.fileno())
+                    os.replace(tmp, target)
+                    _fsync_dir(target.parent)
+                except OSError as exc:
+                    raise self._error(exc, key) from exc
+        except BaseException:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-            if isinstance(exc, OSError):
-                raise self._error(exc, key) from exc
             raise
         return total
 

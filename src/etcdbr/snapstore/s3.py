@@ -1,0 +1,586 @@
+"""Amazon S3 and S3-compatible stores (MinIO, SeaweedFS, Ceph RGW ...) through boto3.
+
+Credentials come from ``AWS_APPLICATION_CREDENTIALS[_JSON]`` in the Go tool's layout (see
+compatibility.md §1.3); with neither variable set, boto3's default chain applies (environment,
+shared config, instance or pod identity). Uploads stream in multipart parts through
+:class:`ChunkedUpload`; nothing is spooled to disk.
+
+Buckets with versioning enabled are listed by version (the oldest version of each key is the
+snapshot, as the Go tool does) so that objects under Object Lock stay visible and are deleted by
+version; a default Object Lock retention gives each snapshot its ``immutable_until``.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any, BinaryIO, Iterator
+
+import boto3
+import botocore.session
+from botocore.config import Config as BotoConfig
+from botocore.credentials import (
+    AssumeRoleWithWebIdentityCredentialFetcher,
+    CredentialProvider,
+    DeferredRefreshableCredentials,
+)
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    SSLError,
+)
+from botocore.utils import FileWebIdentityTokenLoader
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+
+from .. import logs
+from ..errors import (
+    ConfigError,
+    EtcdbrError,
+    ImmutableObject,
+    ObjectNotFound,
+    PermissionDenied,
+    StoreError,
+    StoreUnavailable,
+)
+from ..snapshot import Snapshot, parse_listing
+from .base import PART_ATTEMPTS, ObjectAttrs, SnapStore
+from .credentials import as_bool, load_credentials
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGION = "us-east-1"
+#: Largest object CopyObject accepts; bigger ones are copied part by part.
+MAX_SINGLE_COPY = 5 * 1024**3
+#: Part size of server-side multipart copies (no data passes through us, so parts can be big).
+COPY_PART_SIZE = 512 * 1024**2
+EXCLUDE_TAG = "x-etcd-snapshot-exclude"
+
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "NoSuchVersion", "404"}
+_DENIED_CODES = {
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "ExpiredToken",
+    "InvalidToken", "TokenRefreshRequired", "AccountProblem", "403", "Forbidden",
+}
+_CONNECTION_FAILURES = (
+    ("Connection refused", "connection refused"),
+    ("timed out", "timed out"),
+    ("Name or service not known", "unknown host"),
+    ("Temporary failure in name resolution", "unknown host"),
+    ("Connection reset", "connection reset"),
+    ("No route to host", "no route to host"),
+)
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+    "ServiceUnavailable", "503", "500", "502", "504", "OperationAborted", "RequestLimitExceeded",
+}
+
+
+class S3Store(SnapStore):
+    provider = "S3"
+    max_parts = 10_000
+    min_part_size = 5 * 1024 * 1024
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self._ca_dir: str | None = None
+        creds = load_credentials(config, "AWS")
+        self.credentials = creds
+        values = creds.values if creds else {}
+        for secret_key in ("secretAccessKey", "sseCustomerKey", "accessKeyID"):
+            logs.register_secret(values.get(secret_key))
+        self.bucket = config.container or str(values.get("bucketName") or "")
+        if not self.bucket:
+            raise ConfigError("S3 needs a bucket: set --store-container or bucketName in the S3 credentials")
+        self.endpoint_url = config.endpoint_override or str(values.get("endpoint") or "")
+        self.region = str(values.get("region") or "") or None
+        self._sse: dict[str, str] = {}
+        if values.get("sseCustomerKey"):
+            self._sse = {
+                "SSECustomerKey": str(values["sseCustomerKey"]),
+                "SSECustomerAlgorithm": str(values.get("sseCustomerAlgorithm") or "AES256"),
+            }
+        elif values.get("sseCustomerAlgorithm"):
+            raise ConfigError("S3 credentials set sseCustomerAlgorithm without sseCustomerKey")
+        try:
+            self.client = self._build_client(values, creds is not None)
+        except BaseException:
+            self._remove_ca_dir()
+            raise
+
+    # -- construction ------------------------------------------------------------------------
+    def _build_client(self, values: dict, have_file: bool):
+        session = botocore.session.Session()
+        access_key = str(values.get("accessKeyID") or "")
+        secret = str(values.get("secretAccessKey") or "")
+        if have_file:
+            if access_key and secret:
+                session.set_credentials(access_key, secret)
+            elif values.get("roleARN") and values.get("tokenPath"):
+                self._use_web_identity(session, str(values["roleARN"]), str(values["tokenPath"]))
+            else:
+                raise ConfigError(
+                    "S3 credentials lack accessKeyID and secretAccessKey (or roleARN and tokenPath for web identity)"
+                )
+        region = self.region or session.get_config_variable("region") or DEFAULT_REGION
+        self.region = region
+
+        verify: bool | str | None = None
+        if as_bool(values.get("insecureSkipVerify", False)):
+            verify = False
+        elif values.get("trustedCaCert"):
+            verify = self._write_ca(str(values["trustedCaCert"]))
+
+        options: dict[str, Any] = {
+            "connect_timeout": 10,
+            "read_timeout": 120,
+            "retries": {"mode": "standard", "max_attempts": 3},
+            "max_pool_connections": max(10, self.config.max_parallel_chunk_uploads * 2 + 2),
+            "user_agent_extra": "etcd-backup-restore",
+            "tcp_keepalive": True,
+        }
+        if self.endpoint_url or as_bool(values.get("s3ForcePathStyle", False)):
+            options["s3"] = {"addressing_style": "path"}
+        for key, option in (("requestChecksumCalculation", "request_checksum_calculation"),
+                            ("responseChecksumValidation", "response_checksum_validation")):
+            if values.get(key):
+                mode = str(values[key]).strip().lower()
+                if mode not in ("when_supported", "when_required"):
+                    raise ConfigError(f"S3 credentials: {key} must be when_supported or when_required, not {mode!r}")
+                options[option] = mode
+        kwargs: dict[str, Any] = {"region_name": region, "config": BotoConfig(**options)}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        if verify is not None:
+            kwargs["verify"] = verify
+        return boto3.Session(botocore_session=session).client("s3", **kwargs)
+
+    def _use_web_identity(self, session, role_arn: str, token_path: str) -> None:
+        """Assume ``role_arn`` with the projected token at ``token_path``, refreshed before expiry."""
+        region = self.region or DEFAULT_REGION
+        fetcher = AssumeRoleWithWebIdentityCredentialFetcher(
+            client_creator=functools.partial(session.create_client, region_name=region),
+            web_identity_token_loader=FileWebIdentityTokenLoader(token_path),
+            role_arn=role_arn,
+            extra_args={"RoleSessionName": "etcd-backup-restore"},
+        )
+        credentials = DeferredRefreshableCredentials(
+            method="assume-role-with-web-identity", refresh_using=fetcher.fetch_credentials
+        )
+        session.get_component("credential_provider").insert_before("env", _FixedProvider(credentials))
+
+    def _write_ca(self, pem: str) -> str:
+        """botocore wants a CA bundle path; keep the PEM in a private directory we remove on close."""
+        self._ca_dir = tempfile.mkdtemp(prefix="etcdbr-s3-ca-")
+        os.chmod(self._ca_dir, stat.S_IRWXU)
+        path = os.path.join(self._ca_dir, "ca.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(pem if pem.endswith("\n") else pem + "\n")
+        return path
+
+    def _remove_ca_dir(self) -> None:
+        if self._ca_dir:
+            shutil.rmtree(self._ca_dir, ignore_errors=True)
+            self._ca_dir = None
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # closing is best effort; the pool dies with the process anyway
+            pass
+        self._remove_ca_dir()
+
+    # -- naming ------------------------------------------------------------------------------
+    @property
+    def display(self) -> str:
+        return f"S3/{self.bucket}"
+
+    @property
+    def endpoint_display(self) -> str:
+        return self.endpoint_url or f"AWS S3 ({self.region})"
+
+    @property
+    def service_identity(self) -> tuple:
+        # Without an override every bucket is on AWS, and CopyObject works across regions.
+        return ("S3", self.endpoint_url.rstrip("/") if self.endpoint_url else "aws")
+
+    # -- errors ------------------------------------------------------------------------------
+    def _error(self, exc: BaseException, key: str = "", *, bucket: str | None = None) -> EtcdbrError:
+        """Map one botocore failure to our error family (the only place that knows botocore's)."""
+        endpoint = self.display if bucket in (None, self.bucket) else f"S3/{bucket}"
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {}) or {}
+            code = str(err.get("Code", "") or "")
+            status = int((exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode", 0) or 0)
+            message = str(err.get("Message", "") or "") or code or f"HTTP {status}"
+            detail = f"{message} ({code})" if code and code not in message else message
+            if code == "NoSuchBucket":
+                return StoreError(f"bucket does not exist at {self.endpoint_display}", endpoint=endpoint, key=key)
+            if code in _NOT_FOUND_CODES or (status == 404 and not code):
+                return ObjectNotFound("no such object", endpoint=endpoint, key=key)
+            if code in _DENIED_CODES or status == 403:
+                return PermissionDenied(f"access refused by {self.endpoint_display}: {detail}",
+                                        endpoint=endpoint, key=key)
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                return StoreUnavailable(f"{self.endpoint_display} answered {detail}", endpoint=endpoint, key=key)
+            if status == 404:
+                return ObjectNotFound(detail, endpoint=endpoint, key=key)
+            return StoreError(f"{self.endpoint_display} refused the request: {detail}", endpoint=endpoint, key=key)
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return ConfigError(
+                f"{endpoint}: no usable AWS credentials ({exc}); set AWS_APPLICATION_CREDENTIALS_JSON "
+                "or AWS_APPLICATION_CREDENTIALS"
+            )
+        if isinstance(exc, SSLError):
+            return StoreError(f"TLS with {self.endpoint_display} failed ({exc}); check trustedCaCert or "
+                              "insecureSkipVerify", endpoint=endpoint, key=key)
+        if isinstance(exc, (BotoConnectionError, HTTPClientError, ReadTimeoutError, IncompleteReadError,
+                            ResponseStreamingError, OSError)):
+            return StoreUnavailable(f"cannot reach {self.endpoint_display} ({_short(exc)})", endpoint=endpoint, key=key)
+        if isinstance(exc, BotoCoreError):
+            return StoreError(f"{self.endpoint_display}: {exc}", endpoint=endpoint, key=key)
+        return StoreUnavailable(f"{type(exc).__name__}: {exc}", endpoint=endpoint, key=key)
+
+    def _call(self, key: str, fn, **kwargs):
+        try:
+            return fn(**kwargs)
+        except Exception as exc:
+            raise self._error(exc, key) from exc
+
+    # -- primitives --------------------------------------------------------------------------
+    def _check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if status == 404 or code in ("NoSuchBucket", "NotFound", "404"):
+                raise StoreError(f"bucket {self.bucket!r} does not exist at {self.endpoint_display}",
+                                 endpoint=self.display) from exc
+            if status == 403 or code in _DENIED_CODES:
+                raise PermissionDenied(f"credentials refused by {self.endpoint_display} (HTTP {status or code})",
+                                       endpoint=self.display) from exc
+            raise self._error(exc) from exc
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+    def list(self, include_all: bool = False) -> list[Snapshot]:
+        entries = ((key, attrs.as_dict()) for key, attrs in self._list_objects(self.list_root(), include_all))
+        return parse_listing(entries, endpoint=self.display)
+
+    def _bucket_state(self) -> tuple[bool, timedelta | None]:
+        """(versioning enabled, default Object Lock retention). Unknown (no permission) = off."""
+        versioned, retention = False, None
+        try:
+            versioned = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status") == "Enabled"
+        except ClientError as exc:
+            mapped = self._error(exc)
+            if not isinstance(mapped, PermissionDenied):
+                raise mapped from exc
+            log.debug("cannot read bucket versioning; listing objects", extra={"store": self.display})
+        except Exception as exc:
+            raise self._error(exc) from exc
+        if not versioned:
+            return False, None
+        try:
+            conf = self.client.get_object_lock_configuration(Bucket=self.bucket).get("ObjectLockConfiguration", {})
+            default = (conf.get("Rule") or {}).get("DefaultRetention") or {}
+            if conf.get("ObjectLockEnabled") == "Enabled":
+                if default.get("Days"):
+                    retention = timedelta(days=int(default["Days"]))
+                elif default.get("Years"):
+                    retention = timedelta(days=365 * int(default["Years"]))
+        except ClientError as exc:
+            mapped = self._error(exc)
+            if isinstance(mapped, StoreUnavailable):
+                raise mapped from exc
+            # ObjectLockConfigurationNotFoundError, or no permission: no retention known.
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return True, retention
+
+    def _list_objects(self, prefix: str, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
+        versioned, retention = self._bucket_state()
+        try:
+            if not versioned:
+                for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                    for obj in page.get("Contents", ()) or ():
+                        yield obj["Key"], ObjectAttrs(size=obj.get("Size"))
+                return
+            yield from self._list_versions(prefix, retention, include_all)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, prefix) from exc
+
+    def _list_versions(self, prefix: str, retention: timedelta | None, include_all: bool):
+        oldest: dict[str, dict] = {}
+        deleted: set[str] = set()
+        for page in self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix):
+            for version in page.get("Versions", ()) or ():
+                current = oldest.get(version["Key"])
+                if current is None or version["LastModified"] < current["LastModified"]:
+                    oldest[version["Key"]] = version
+            for marker in page.get("DeleteMarkers", ()) or ():
+                if marker.get("IsLatest"):
+                    deleted.add(marker["Key"])
+        for key in sorted(oldest):
+            version = oldest[key]
+            # "null" names the version written before versioning was enabled; S3 accepts it as an id.
+            version_id = version.get("VersionId") or ""
+            # A key hidden by a delete marker is still a snapshot (the locked version remains),
+            # unless it was marked for exclusion when it was deleted.
+            if key in deleted and not include_all and self._excluded(key, version_id):
+                continue
+            until = None
+            if retention is not None and version.get("LastModified") is not None:
+                # The lock runs from when the object was written (the Go tool counts from the time
+                # in the name); for a copy that is later, and GC must not try to delete too early.
+                until = _utc(version["LastModified"]) + retention
+            yield key, ObjectAttrs(size=version.get("Size"), immutable_until=until, version_id=version_id)
+
+    def _excluded(self, key: str, version_id: str) -> bool:
+        kwargs = {"Bucket": self.bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            tags = self.client.get_object_tagging(**kwargs).get("TagSet", [])
+        except ClientError:
+            return False
+        return any(t.get("Key") == EXCLUDE_TAG and str(t.get("Value")).lower() == "true" for t in tags)
+
+    def _open_read(self, key: str, version_id: str = "") -> BinaryIO:
+        kwargs = {"Bucket": self.bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            response = self.client.get_object(**kwargs, **self._sse)
+        except ClientError as exc:
+            # 400 to SSE-C headers: an object written before the key was configured.
+            if not (self._sse and exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 400):
+                raise self._error(exc, key) from exc
+            response = self._call(key, self.client.get_object, **kwargs)
+        except Exception as exc:
+            raise self._error(exc, key) from exc
+        return io.BufferedReader(_BodyReader(response["Body"], self, key), buffer_size=1024 * 1024)
+
+    def fetch(self, snapshot: Snapshot) -> BinaryIO:
+        return self._open_read(self.object_key(snapshot), snapshot.version_id)
+
+    def _delete_object(self, key: str, version_id: str = "") -> None:
+        target = {"Bucket": self.bucket, "Key": key}
+        if version_id:
+            target["VersionId"] = version_id
+        # S3 answers a delete of a missing key with success; the contract wants ObjectNotFound.
+        self._head(target, key)
+        try:
+            self.client.delete_object(**target)
+        except ClientError as exc:
+            mapped = self._error(exc, key)
+            if isinstance(mapped, PermissionDenied) and self._is_locked(target, key):
+                raise ImmutableObject("deletion refused: the object is under Object Lock retention or legal hold",
+                                      endpoint=self.display, key=key) from exc
+            raise mapped from exc
+        except Exception as exc:
+            raise self._error(exc, key) from exc
+
+    def _head(self, target: dict, key: str) -> dict:
+        """HeadObject that works for objects with and without SSE-C (a bucket can hold both
+        when the key was configured after the first snapshots were written)."""
+        try:
+            return self.client.head_object(**target)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if not (self._sse and status == 400):
+                raise self._error(exc, key) from exc
+        except Exception as exc:
+            raise self._error(exc, key) from exc
+        return self._call(key, self.client.head_object, **target, **self._sse)
+
+    def _is_locked(self, target: dict, key: str) -> bool:
+        try:
+            head = self._head(target, key)
+        except StoreError:
+            return False
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is not None and _utc(until) > datetime.now(timezone.utc):
+            return True
+        return head.get("ObjectLockLegalHoldStatus") == "ON"
+
+    def _put_small(self, key: str, data: bytes) -> None:
+        self._call(key, self.client.put_object, Bucket=self.bucket, Key=key, Body=data, **self._sse)
+
+    def _begin_upload(self, key: str) -> Any:
+        response = self._call(key, self.client.create_multipart_upload, Bucket=self.bucket, Key=key, **self._sse)
+        return {"key": key, "upload_id": response["UploadId"]}
+
+    def _upload_part(self, upload: Any, number: int, data: bytes) -> Any:
+        response = self._call(
+            upload["key"], self.client.upload_part, Bucket=self.bucket, Key=upload["key"],
+            UploadId=upload["upload_id"], PartNumber=number, Body=data, **self._sse,
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def _complete_upload(self, upload: Any, parts: list[Any]) -> None:
+        self._call(
+            upload["key"], self.client.complete_multipart_upload, Bucket=self.bucket, Key=upload["key"],
+            UploadId=upload["upload_id"], MultipartUpload={"Parts": parts},
+        )
+
+    def _abort_upload(self, upload: Any) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["key"], UploadId=upload["upload_id"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404", "NotFound"):
+                return
+            raise self._error(exc, upload["key"]) from exc
+        except Exception as exc:
+            raise self._error(exc, upload["key"]) from exc
+
+    # -- server-side copy --------------------------------------------------------------------
+    def copy_from(self, other: SnapStore, src: Snapshot, dst: Snapshot) -> bool:
+        """Copy inside the S3 service when ``other`` is on the same one; False to make the caller stream.
+
+        The copy is made with this store's credentials, so they must be able to read the source
+        bucket; when the service refuses (403), False lets the caller fall back to streaming.
+        """
+        if not isinstance(other, S3Store) or other.service_identity != self.service_identity:
+            return False
+        src_key, dst_key = other.object_key(src), self.object_key(dst)
+        source = {"Bucket": other.bucket, "Key": src_key}
+        if src.version_id:
+            source["VersionId"] = src.version_id
+        source_sse = {f"CopySource{k}": v for k, v in other._sse.items()}
+        try:
+            size = src.size
+            if size is None:
+                size = int(other._head(source, src_key)["ContentLength"])
+            if size <= MAX_SINGLE_COPY:
+                self._retry(lambda: self.client.copy_object(
+                    Bucket=self.bucket, Key=dst_key, CopySource=source, **source_sse, **self._sse), dst_key)
+            else:
+                self._multipart_copy(source, source_sse, dst_key, size)
+        except PermissionDenied as exc:
+            log.info("server-side copy refused; streaming instead",
+                     extra={"store": self.display, "source": other.display, "key": src_key, "error": exc.reason})
+            return False
+        except ClientError as exc:
+            mapped = self._error(exc, src_key, bucket=other.bucket)
+            if isinstance(mapped, PermissionDenied):
+                log.info("server-side copy refused; streaming instead",
+                         extra={"store": self.display, "source": other.display, "key": src_key, "error": mapped.reason})
+                return False
+            raise mapped from exc
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, src_key, bucket=other.bucket) from exc
+        return True
+
+    def _retry(self, fn, key: str):
+        for attempt in Retrying(retry=retry_if_exception_type(StoreUnavailable), stop=stop_after_attempt(PART_ATTEMPTS),
+                                wait=self._part_retry_wait, reraise=True):
+            with attempt:
+                try:
+                    return fn()
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    raise self._error(exc, key) from exc
+
+    def _multipart_copy(self, source: dict, source_sse: dict, dst_key: str, size: int) -> None:
+        part_size = max(COPY_PART_SIZE, -(-size // self.max_parts))
+        ranges = [(n + 1, start, min(start + part_size, size) - 1) for n, start in enumerate(range(0, size, part_size))]
+        upload = self._retry(lambda: self._begin_upload(dst_key), dst_key)
+
+        def copy_part(item):
+            number, first, last = item
+            response = self._retry(lambda: self.client.upload_part_copy(
+                Bucket=self.bucket, Key=dst_key, UploadId=upload["upload_id"], PartNumber=number,
+                CopySource=source, CopySourceRange=f"bytes={first}-{last}", **source_sse, **self._sse), dst_key)
+            return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
+
+        try:
+            workers = max(1, self.config.max_parallel_chunk_uploads)
+            with ThreadPoolExecutor(workers, thread_name_prefix="part-copy") as pool:
+                parts = list(pool.map(copy_part, ranges))
+            self._retry(lambda: self._complete_upload(upload, parts), dst_key)
+        except BaseException:
+            try:
+                self._abort_upload(upload)
+            except Exception as exc:
+                log.warning("could not abort copy", extra={"store": self.display, "key": dst_key, "error": str(exc)})
+            raise
+
+
+class _FixedProvider(CredentialProvider):
+    """Hands botocore credentials we built (web identity from the credentials file)."""
+
+    METHOD = "etcdbr-web-identity"
+    CANONICAL_NAME = "etcdbr-web-identity"
+
+    def __init__(self, credentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self):
+        return self._credentials
+
+
+class _BodyReader(io.RawIOBase):
+    """A GetObject body as a raw stream whose failures are our errors (naming store and key)."""
+
+    def __init__(self, body, store: S3Store, key: str) -> None:
+        self._body = body
+        self._store = store
+        self._key = key
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        try:
+            data = self._body.read(len(buf))
+        except Exception as exc:
+            raise self._store._error(exc, self._key) from exc
+        n = len(data)
+        buf[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._body.close()
+            finally:
+                super().close()
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _short(exc: BaseException) -> str:
+    """botocore connection errors repeat the URL and nest the cause; keep one readable clause."""
+    details = getattr(exc, "kwargs", None)
+    inner = details.get("error") if isinstance(details, dict) else None
+    text = f"{exc} {inner or ''}"
+    for marker, say in _CONNECTION_FAILURES:
+        if marker in text:
+            return say
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first

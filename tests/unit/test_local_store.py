@@ -1,0 +1,177 @@
+"""The Local store: layout under $HOME, atomic writes, v1 clean-up and its error mapping."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from etcdbr.config import StoreConfig
+from etcdbr.errors import ObjectNotFound, StoreError
+from etcdbr.snapshot import Kind, new_snapshot
+from etcdbr.snapstore import open_store
+from etcdbr.snapstore.local import STAGING_DIR, LocalStore
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def make(container="backups", prefix="etcd") -> LocalStore:
+    store = open_store(StoreConfig(provider="Local", container=container, prefix=prefix))
+    assert isinstance(store, LocalStore)
+    return store
+
+
+def snap(store, kind=Kind.FULL, start=0, last=10, minutes=0, **kw):
+    return new_snapshot(kind, start, last, prefix=store.prefix, created_on=T0.replace(minute=minutes), **kw)
+
+
+class SourceDied(RuntimeError):
+    pass
+
+
+class Dying(io.RawIOBase):
+    def __init__(self, good: bytes) -> None:
+        self.good = good
+        self.done = False
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1):
+        if self.done:
+            raise SourceDied("source died")
+        self.done = True
+        return self.good
+
+
+def test_layout_is_home_container_prefix_v2(home):
+    store = make()
+    s = snap(store, compression_suffix=".gz")
+    assert store.save(s, io.BytesIO(b"data")) == 4
+    path = home / "backups" / "etcd" / "v2" / "Full-00000000-00000010-1714564800.gz"
+    assert path.read_bytes() == b"data"
+    assert store.display == "Local/backups"
+    assert store.prefix == "etcd/v2"
+
+
+def test_empty_provider_and_container_default_to_local_default_bkp(home):
+    store = open_store(StoreConfig())
+    assert isinstance(store, LocalStore)
+    store.save(snap(store), io.BytesIO(b"x"))
+    assert (home / "default.bkp" / "v2").is_dir()
+
+
+def test_absolute_container_is_used_as_is(home, tmp_path):
+    target = tmp_path / "elsewhere"
+    store = make(container=str(target), prefix="")
+    store.save(snap(store), io.BytesIO(b"x"))
+    assert (target / "v2" / snap(store).snap_name).is_file()
+    assert not any(home.iterdir())
+
+
+def test_round_trip_sorted_with_sizes(home):
+    store = make()
+    incr = snap(store, Kind.INCR, 11, 20, minutes=1)
+    full = snap(store)
+    store.save(incr, io.BytesIO(b"incr"))
+    store.save(full, io.BytesIO(b"full!"))
+    listed = store.list()
+    assert [s.key for s in listed] == [full.key, incr.key]
+    assert [s.size for s in listed] == [5, 4]
+    with store.fetch(listed[1]) as f:
+        assert f.read() == b"incr"
+    store.delete(listed[0])
+    assert [s.key for s in store.list()] == [incr.key]
+
+
+def test_failed_save_leaves_no_file_and_no_staging_leftover(home):
+    store = make()
+    s = snap(store)
+    with pytest.raises(SourceDied):
+        store.save(s, Dying(b"partial"))
+    assert store.list() == []
+    assert not (home / "backups" / s.key).exists()
+    assert list((home / "backups" / STAGING_DIR).iterdir()) == []
+
+
+def test_failed_overwrite_keeps_the_previous_object(home):
+    store = make()
+    s = snap(store)
+    store.save(s, io.BytesIO(b"complete"))
+    with pytest.raises(SourceDied):
+        store.save(s, Dying(b"part"))
+    with store.fetch(s) as f:
+        assert f.read() == b"complete"
+
+
+def test_staging_files_are_never_listed(home):
+    store = make(prefix="")
+    staging = home / "backups" / STAGING_DIR
+    staging.mkdir(parents=True)
+    (staging / "v2").mkdir()
+    (staging / "v2" / "Full-00000000-00000001-1700000000").write_bytes(b"half")
+    assert store.list() == []
+
+
+def test_missing_object_is_object_not_found(home):
+    store = make()
+    ghost = snap(store)
+    with pytest.raises(ObjectNotFound) as exc:
+        store.fetch(ghost)
+    assert ghost.key in str(exc.value) and "Local/backups" in str(exc.value)
+    with pytest.raises(ObjectNotFound):
+        store.delete(ghost)
+
+
+def test_deleting_the_last_v1_object_removes_its_directory(home):
+    store = make()
+    v1_dir = home / "backups" / "etcd" / "v1" / "Backup-1600000000"
+    v1_dir.mkdir(parents=True)
+    (v1_dir / "Full-00000000-00000100-1600000000").write_bytes(b"a")
+    (v1_dir / "Incr-00000101-00000120-1600000060").write_bytes(b"b")
+    listed = store.list()
+    assert [(s.snap_dir, s.prefix) for s in listed] == [("Backup-1600000000", "etcd/v1")] * 2
+    store.delete(listed[0])
+    assert v1_dir.is_dir()
+    store.delete(listed[1])
+    assert not v1_dir.exists()
+    assert (home / "backups" / "etcd").is_dir()
+
+
+def test_chunk_objects_are_listed_as_chunks(home):
+    store = make()
+    base = home / "backups" / "etcd" / "v2" / "Full-00000000-00000050-1700000000"
+    base.mkdir(parents=True)
+    (base / "0000000001").write_bytes(b"c1")
+    (base / "0000000002").write_bytes(b"c2")
+    listed = store.list()
+    assert sorted(s.chunk_name for s in listed) == ["0000000001", "0000000002"]
+    assert all(s.is_chunk and s.kind is Kind.CHUNK for s in listed)
+
+
+def test_container_that_is_a_file_is_a_store_error(home):
+    (home / "notadir").write_text("x")
+    store = make(container="notadir")
+    with pytest.raises(StoreError) as exc:
+        store.check()
+    assert "Local/notadir" in str(exc.value)
+    with pytest.raises(StoreError):
+        store.save(snap(store), io.BytesIO(b"x"))
+
+
+def test_copy_from_is_never_server_side(home):
+    a, b = make(prefix="a"), make(prefix="b")
+    s = snap(a)
+    a.save(s, io.BytesIO(b"x"))
+    assert b.copy_from(a, s, s.with_prefix(b.prefix)) is False
+    assert b.list() == []
