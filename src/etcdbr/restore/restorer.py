@@ -1,0 +1,502 @@
+"""Rebuilding an etcd data dir from a store: the latest full snapshot, then every delta after it.
+
+What a restore promises:
+
+* The previous data dir is never touched until the new one is complete. The new one is built in
+  ``<data-dir>.part`` beside it and swapped in with renames (old aside, new in, old removed); a
+  failure at any step before the swap leaves the old data dir exactly as it was.
+* The full snapshot is restored by the real ``etcdutl snapshot restore`` of the configured etcd
+  release, which also checks etcd's SHA-256 trailer (unless ``--skip-hash-check``).
+* Deltas are replayed through a temporary etcd member on the ``.part`` dir, one transaction per
+  source revision, so the restored keyspace has the source's revisions (mod, create, version)
+  and its current revision. After every transaction and every delta the member's revision must
+  equal the source's; anything else is "mismatched event revision" naming the object.
+* A revision the source wrote in one transaction must land as one revision here too, or every
+  later revision would be off by one. When a revision has more operations than
+  ``--max-txn-ops``, or is larger than ``--max-request-bytes``, the temporary member is restarted
+  with limits just large enough for it (logged as a warning) instead of splitting it; the limits
+  only bind the temporary member, never the cluster that later runs on the data dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import grpc
+
+from .. import metrics
+from ..config import RestorationConfig
+from ..errors import EtcdbrError, IntegrityError, RestoreError, StoreError
+from ..snapshot import Snapshot, chain_gaps, latest_chain
+from .binaries import EtcdRelease, find_release
+from .embedded import EmbeddedEtcd, EmbeddedLimits
+from .etcdkv import delete_op, put_op, rpc_error_text
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+COPY_BUFFER = 1024 * 1024
+# Every this many deltas the temporary member is compacted (and defragmented when its db nears
+# the quota), as the Go restorer does, so long chains fit in the embedded quota.
+COMPACT_EVERY = 10
+DEFRAG_THRESHOLD = 0.8
+# Room left in a request for etcd's own envelope around the transaction.
+REQUEST_OVERHEAD = 64 * 1024
+
+
+@dataclass
+class Chain:
+    """What a restore applies: one full snapshot and the deltas after it, ascending."""
+
+    full: Snapshot
+    deltas: list[Snapshot] = field(default_factory=list)
+
+    @property
+    def last_revision(self) -> int:
+        return self.deltas[-1].last_revision if self.deltas else self.full.last_revision
+
+
+class CountingReader:
+    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None]) -> None:
+        self.raw = raw
+        self.on_bytes = on_bytes
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        if data:
+            self.on_bytes(len(data))
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _decompressing(raw: BinaryIO, snapshot: Snapshot) -> BinaryIO:
+    from ..compression import decompressing_reader
+
+    try:
+        return decompressing_reader(raw, snapshot.compression_suffix)
+    except EtcdbrError:
+        raise
+    except Exception as exc:  # unknown suffix and friends
+        raise IntegrityError(f"{snapshot.key}: cannot decompress ({exc})") from exc
+
+
+def fetch_to_file(store, snapshot: Snapshot, path: Path, on_bytes: Callable[[int], None] = lambda n: None) -> int:
+    """Fetch, decompress by suffix and write one snapshot to ``path`` (created 0600)."""
+    where = f"{store.display} object {snapshot.key}"
+    raw = store.fetch(snapshot)
+    total = 0
+    try:
+        reader = _decompressing(CountingReader(raw, on_bytes), snapshot)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            while True:
+                try:
+                    chunk = reader.read(COPY_BUFFER)
+                except (StoreError, IntegrityError):
+                    raise
+                except Exception as exc:  # corrupt compressed data surfaces as codec errors
+                    raise IntegrityError(f"{where}: cannot decompress: {exc}") from exc
+                if not chunk:
+                    break
+                out.write(chunk)
+                total += len(chunk)
+    finally:
+        raw.close()
+    return total
+
+
+def _work_dir(temp_root: str) -> tuple[Path, bool]:
+    """A private dir for this restore inside ``--restoration-temp-snapshots-dir`` (made 0700)."""
+    root = Path(temp_root)
+    created = not root.exists()
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="restore-", dir=root))
+    except OSError as exc:
+        raise RestoreError(f"cannot create temp dir in {root}: {exc.strerror or exc}") from exc
+    return work, created
+
+
+def _cleanup_work_dir(work: Path, root_created: bool) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    if root_created:
+        try:
+            work.parent.rmdir()
+        except OSError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def part_dir(data_dir: str | Path) -> Path:
+    data = Path(os.path.abspath(data_dir))
+    return data.with_name(data.name + ".part")
+
+
+def swap_in(part: Path, data_dir: str | Path) -> None:
+    """Replace ``data_dir`` by the complete ``part``: old aside, new in, old removed.
+
+    Only called once ``part`` is complete, so a stale ``.old`` from an interrupted earlier swap
+    can go: the data it held is superseded by ``part``.
+    """
+    data = Path(os.path.abspath(data_dir))
+    old = data.with_name(data.name + ".old")
+    try:
+        if old.exists() or old.is_symlink():
+            shutil.rmtree(old)
+        had_old = data.exists() or data.is_symlink()
+        if had_old:
+            os.rename(data, old)
+        os.rename(part, data)
+        _fsync_dir(data.parent)
+    except OSError as exc:
+        raise RestoreError(f"cannot move the restored data dir {part} into place at {data}: "
+                           f"{exc.strerror or exc} (the restored copy is left at {part})") from exc
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _group_by_revision(events) -> list[tuple[int, list]]:
+    groups: list[tuple[int, list]] = []
+    for ev in events:
+        rev = ev.kv.mod_revision
+        if groups and groups[-1][0] == rev:
+            groups[-1][1].append(ev)
+        else:
+            groups.append((rev, [ev]))
+    return groups
+
+
+def _ops(events) -> list:
+    from ..delta import EventType
+
+    ops = []
+    for ev in events:
+        if ev.type == EventType.DELETE:
+            ops.append(delete_op(ev.kv.key))
+        else:  # a lease is a property of the source cluster's clients: it is dropped, as in Go
+            ops.append(put_op(ev.kv.key, ev.kv.value))
+    return ops
+
+
+def embedded_limits(cfg: RestorationConfig) -> EmbeddedLimits:
+    return EmbeddedLimits(
+        quota_bytes=cfg.embedded_etcd_quota_bytes,
+        max_request_bytes=cfg.max_request_bytes,
+        max_txn_ops=cfg.max_txn_ops,
+        max_send_bytes=max(cfg.max_call_send_message_size, cfg.max_request_bytes + REQUEST_OVERHEAD),
+        auto_compaction_mode=cfg.auto_compaction_mode,
+        auto_compaction_retention=cfg.auto_compaction_retention,
+    )
+
+
+class Restorer:
+    """Restore one store's latest chain into a data dir. Synchronous and blocking."""
+
+    def __init__(self, store, config: RestorationConfig, *, progress: Progress | None = None,
+                 release: EtcdRelease | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.progress = progress or Progress()
+        self._release = release
+
+    @property
+    def release(self) -> EtcdRelease:
+        if self._release is None:
+            self._release = find_release(self.config.etcd_bin_dir)
+        return self._release
+
+    # -- public ----------------------------------------------------------------------------
+    def latest(self) -> Chain | None:
+        full, deltas = latest_chain(self.store.list())
+        return Chain(full, deltas) if full is not None else None
+
+    def restore(self, data_dir: str | None = None, *, chain: Chain | None = None) -> int | None:
+        """Rebuild ``data_dir`` (default ``--data-dir``); returns the restored revision, or None
+        when the store holds no full snapshot (nothing is touched then)."""
+        data_dir = data_dir or self.config.data_dir
+        started = time.monotonic()
+        ok = False
+        try:
+            chain = chain or self.latest()
+            if chain is None:
+                log.info("No base snapshot found. Will do nothing.", extra={"store": self.store.display})
+                ok = True
+                return None
+            revision = self._restore(data_dir, chain)
+            ok = True
+            return revision
+        finally:
+            metrics.restoration_duration.labels(restore="single_node", succeeded=metrics.label_bool(ok)).observe(
+                time.monotonic() - started)
+
+    def _restore(self, data_dir: str, chain: Chain) -> int:
+        self.check_chain(chain)
+        from .validator import DataDirLocked, _check_unlocked
+
+        try:  # swapping a data dir out from under a running etcd would lose whatever it writes next
+            _check_unlocked(Path(data_dir) / "member" / "snap" / "db")
+        except DataDirLocked as exc:
+            raise RestoreError(f"{exc}; stop it before restoring") from None
+        part = part_dir(data_dir)
+        work, root_created = _work_dir(self.config.temp_snapshots_dir)
+        try:
+            revision, member = self.build(part, chain, work)
+            assert member is None
+            swap_in(part, data_dir)
+        except BaseException:
+            shutil.rmtree(part, ignore_errors=True)
+            raise
+        finally:
+            self.progress.close()
+            _cleanup_work_dir(work, root_created)
+        self.progress.info(f"restore done at revision {revision}", revision=revision,
+                           data_dir=str(data_dir), store=self.store.display)
+        return revision
+
+    def check_chain(self, chain: Chain) -> None:
+        gaps = chain_gaps(chain.full, chain.deltas)
+        if gaps:
+            expected, found = gaps[0]
+            culprit = next(d for d in chain.deltas if d.start_revision == found)
+            raise RestoreError(f"{self.store.display}: revision gap in the snapshot chain: revisions {expected}-"
+                               f"{found - 1} are missing before object {culprit.key}")
+
+    def build(self, target: Path, chain: Chain, work: Path, *, keep_running: bool = False
+              ) -> tuple[int, EmbeddedEtcd | None]:
+        """Restore ``chain`` into ``target`` (which must not exist yet; a stale one is removed).
+
+        Returns the revision reached and, with ``keep_running``, the temporary member still
+        running on ``target`` (the caller stops it); otherwise None.
+        """
+        release = self.release
+        if target.exists():
+            log.warning("removing an unfinished restore left by an earlier run", extra={"path": str(target)})
+            shutil.rmtree(target)
+        db = self._fetch_full(chain.full, work)
+        self._restore_full(release, db, chain.full, target)
+        db.unlink(missing_ok=True)
+        if not chain.deltas and not keep_running:
+            return self._db_revision(release, target), None
+        member = EmbeddedEtcd(release, target, name=self.config.name, limits=self._limits(), work_dir=work)
+        member.start()
+        try:
+            revision = self._apply_deltas(member, chain.deltas, work)
+        except BaseException:
+            member.stop()
+            raise
+        if keep_running:
+            return revision, member
+        member.stop()
+        return revision, None
+
+    # -- full snapshot -----------------------------------------------------------------------
+    def _fetch_full(self, full: Snapshot, work: Path) -> Path:
+        self.progress.info("fetching", snapshot=full.snap_name, store=self.store.display)
+        path = work / "snapshot-full.db"
+        self.progress.start_bytes("fetching " + full.snap_name, full.size)
+        try:
+            size = fetch_to_file(self.store, full, path, self.progress.add_bytes)
+        except IntegrityError as exc:
+            raise RestoreError(f"full snapshot {self.store.display} object {full.key}: {exc}") from exc
+        finally:
+            self.progress.close()
+        log.debug("fetched full snapshot", extra={"bytes": size, "key": full.key})
+        return path
+
+    def _restore_full(self, release: EtcdRelease, db: Path, full: Snapshot, target: Path) -> None:
+        cfg = self.config
+        self.progress.info("restoring base snapshot", snapshot=full.snap_name, revision=full.last_revision,
+                           etcdutl=release.version)
+        cmd = [release.etcdutl, "snapshot", "restore", str(db),
+               "--data-dir", str(target),
+               "--name", cfg.name,
+               "--initial-cluster", cfg.initial_cluster,
+               "--initial-cluster-token", cfg.initial_cluster_token,
+               "--initial-advertise-peer-urls", ",".join(cfg.initial_advertise_peer_urls)]
+        if cfg.skip_hash_check:
+            cmd.append("--skip-hash-check")
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            shutil.rmtree(target, ignore_errors=True)
+            raise RestoreError(f"restoring full snapshot {self.store.display} object {full.key} failed: "
+                               f"etcdutl: {_etcdutl_error(out.stderr or out.stdout)}")
+
+    def _db_revision(self, release: EtcdRelease, target: Path) -> int:
+        from .bbolt import read_etcd_db
+
+        return read_etcd_db(target / "member" / "snap" / "db").revision
+
+    # -- deltas ------------------------------------------------------------------------------
+    def _limits(self) -> EmbeddedLimits:
+        return embedded_limits(self.config)
+
+    def _fetch_delta(self, delta: Snapshot, path: Path) -> Path:
+        fetch_to_file(self.store, delta, path)
+        return path
+
+    def _apply_deltas(self, member: EmbeddedEtcd, deltas: list[Snapshot], work: Path) -> int:
+        from ..delta import decode_delta
+
+        assert member.client is not None
+        revision = member.client.revision()
+        if not deltas:
+            return revision
+        total = len(deltas)
+        window = max(1, min(self.config.max_fetchers, total))
+        self.progress.info("fetching", deltas=total, parallel=window, store=self.store.display)
+        self.progress.start_deltas(total)
+        pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="delta-fetch")
+        pending: dict[int, Future] = {}
+        try:
+            # A bounded look-ahead: at most ``window`` deltas are downloaded and not yet applied.
+            for i in range(window):
+                pending[i] = pool.submit(self._fetch_delta, deltas[i], work / f"delta-{i:06d}")
+            for i, delta in enumerate(deltas):
+                where = f"{self.store.display} object {delta.key}"
+                try:
+                    path = pending.pop(i).result()
+                except IntegrityError as exc:
+                    raise RestoreError(f"delta snapshot {where}: {exc}") from exc
+                if i + window < total:
+                    pending[i + window] = pool.submit(self._fetch_delta, deltas[i + window],
+                                                      work / f"delta-{i + window:06d}")
+                payload = path.read_bytes()
+                path.unlink(missing_ok=True)
+                try:
+                    events = decode_delta(payload)
+                except IntegrityError as exc:
+                    raise RestoreError(f"delta snapshot {where} failed verification: {exc}") from exc
+                del payload
+                if not self.progress.interactive:
+                    self.progress.delta_done(i + 1, total, snapshot=delta.snap_name, revision=delta.last_revision)
+                revision = self._apply_one(member, delta, events, revision, first=i == 0, where=where)
+                if self.progress.interactive:
+                    self.progress.delta_done(i + 1, total, revision=revision)
+                if (i + 1) % COMPACT_EVERY == 0 and i + 1 < total:
+                    self._maintain(member, revision)
+        finally:
+            for fut in pending.values():
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.progress.close()
+        return revision
+
+    def _apply_one(self, member: EmbeddedEtcd, delta: Snapshot, events, revision: int, *, first: bool,
+                   where: str) -> int:
+        if delta.last_revision <= revision:
+            log.info("skipping delta already contained in the restored data", extra={
+                "snapshot": delta.snap_name, "revision": revision})
+            return revision
+        skipped = 0
+        for group_rev, group in _group_by_revision(events):
+            if group_rev <= revision:
+                skipped += len(group)
+                continue
+            if group_rev != revision + 1:
+                raise RestoreError(f"mismatched event revision in delta snapshot {where}: next event is at "
+                                   f"revision {group_rev} but the restored data is at revision {revision}")
+            revision = self._apply_revision(member, group_rev, _ops(group), where)
+        if skipped and not first:
+            log.warning("delta overlaps revisions already restored; skipped those events",
+                        extra={"snapshot": delta.snap_name, "events": skipped})
+        assert member.client is not None
+        actual = member.client.revision()
+        if actual != delta.last_revision:
+            raise RestoreError(f"mismatched event revision after delta snapshot {where}: etcd is at revision "
+                               f"{actual}, the snapshot ends at revision {delta.last_revision}")
+        return actual
+
+    def _fit(self, member: EmbeddedEtcd, rev: int, ops: list) -> None:
+        """Raise the temporary member's limits when one revision would not fit in one txn."""
+        from aetcd.rpc import rpc_pb2 as pb
+
+        lim = member.limits
+        changes = {}
+        if len(ops) > lim.max_txn_ops:
+            changes["max_txn_ops"] = len(ops)
+        approx = sum(len(op.request_put.key) + len(op.request_put.value) + len(op.request_delete_range.key) + 16
+                     for op in ops)
+        if approx + REQUEST_OVERHEAD > lim.max_request_bytes * 0.5:
+            size = pb.TxnRequest(success=ops).ByteSize()
+            if size + REQUEST_OVERHEAD > lim.max_request_bytes:
+                changes["max_request_bytes"] = size + REQUEST_OVERHEAD
+                changes["max_send_bytes"] = max(lim.max_send_bytes, size + 2 * REQUEST_OVERHEAD)
+        if changes:
+            log.warning("revision does not fit the temporary etcd's limits; restarting it with larger ones so that "
+                        "it lands as one revision", extra={"revision": rev, "ops": len(ops), **changes})
+            member.restart(**changes)
+
+    def _apply_revision(self, member: EmbeddedEtcd, rev: int, ops: list, where: str) -> int:
+        self._fit(member, rev, ops)
+        for attempt in (1, 2):
+            assert member.client is not None
+            try:
+                resp = member.client.txn(ops)
+                break
+            except grpc.RpcError as exc:
+                text = rpc_error_text(exc)
+                if "space exceeded" in text and attempt == 1:
+                    log.warning("temporary etcd ran out of quota; compacting and defragmenting",
+                                extra={"revision": rev - 1})
+                    self._maintain(member, rev - 1, force_defrag=True)
+                    continue
+                if "space exceeded" in text:
+                    raise RestoreError(f"replaying revision {rev} of delta snapshot {where} failed: the temporary "
+                                       f"etcd's quota (--embedded-etcd-quota-bytes={member.limits.quota_bytes}) is "
+                                       f"too small for the restored data") from exc
+                if "user name is empty" in text or "permission denied" in text.lower():
+                    raise RestoreError(f"cannot replay {where}: the restored data has etcd authentication enabled "
+                                       f"({text})") from exc
+                raise RestoreError(f"replaying revision {rev} of delta snapshot {where} failed: {text}") from exc
+        if resp.header.revision != rev:
+            raise RestoreError(f"mismatched event revision in delta snapshot {where}: applying revision {rev} "
+                               f"left etcd at revision {resp.header.revision}")
+        return rev
+
+    def _maintain(self, member: EmbeddedEtcd, revision: int, force_defrag: bool = False) -> None:
+        client = member.client
+        assert client is not None
+        try:
+            client.compact(revision, physical=True)
+        except EtcdbrError as exc:
+            if "compacted" not in str(exc):
+                raise
+        size = client.status().dbSize
+        if force_defrag or size > DEFRAG_THRESHOLD * member.limits.quota_bytes:
+            log.info("defragmenting the temporary etcd", extra={"db_size": size})
+            client.defragment(timeout=600)
+            client.disarm_nospace()
+
+
+def _etcdutl_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("Error:"):
+            return ln[len("Error:"):].strip()
+    for ln in reversed(lines):
+        if '"error"' in ln or "\terror\t" in ln or "panic" in ln:
+            return ln[-400:]
+    return lines[-1][-400:] if lines else "no output"

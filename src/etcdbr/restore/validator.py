@@ -1,0 +1,145 @@
+"""Is an etcd data dir fit to start from? Read-only checks; nothing here writes to the data dir.
+
+``sanity``: the directory layout (``member/snap/db``, ``member/wal/*.wal``), bbolt's meta pages
+(magic, version, checksum), the membership recorded in the db (a member of our ``--name``) and
+the db's revision against the latest snapshot's. ``full`` adds a read of the whole db by the
+configured ``etcdutl snapshot status`` (which fails on damaged pages) and the WAL file names.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import EtcdbrError
+from .bbolt import CorruptDB, read_etcd_db
+from .binaries import EtcdRelease
+
+log = logging.getLogger(__name__)
+
+WAL_NAME = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{16}\.wal$")
+STATUS_TIMEOUT = 1800
+
+
+class DataDirStatus(str, enum.Enum):
+    VALID = "Valid"
+    NOT_EXIST = "NotExist"
+    EMPTY = "Empty"
+    INVALID_STRUCTURE = "InvalidStructure"
+    CORRUPT = "Corrupt"
+    MEMBER_MISMATCH = "MemberMismatch"
+    REVISION_BEHIND = "RevisionBehind"
+
+
+class DataDirLocked(EtcdbrError):
+    """Another process (a running etcd) holds the db's lock: never validate or replace it."""
+
+
+@dataclass
+class Validation:
+    status: DataDirStatus
+    reason: str = ""
+    revision: int | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.status is DataDirStatus.VALID
+
+
+def _check_unlocked(db: Path) -> None:
+    try:
+        fd = os.open(db, os.O_RDONLY)
+    except OSError:
+        return  # unreadable files are judged by the checks that read them
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise DataDirLocked(f"another process holds the file lock on {db}: is etcd running on this data dir?"
+                                ) from None
+    finally:
+        os.close(fd)
+
+
+def db_status(release: EtcdRelease, db: Path) -> dict:
+    """``etcdutl snapshot status`` of a db file: hash, revision, totalKey, totalSize."""
+    try:
+        out = subprocess.run([release.etcdutl, "snapshot", "status", str(db), "-w", "json"],
+                             capture_output=True, text=True, timeout=STATUS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise CorruptDB(f"etcdutl snapshot status did not finish within {STATUS_TIMEOUT}s") from None
+    if out.returncode != 0:
+        lines = (out.stderr or out.stdout).strip().splitlines() or ["no output"]
+        raise CorruptDB(f"etcdutl snapshot status failed: {lines[-1][-300:]}")
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise CorruptDB(f"etcdutl snapshot status printed no status: {out.stdout[-200:]!r}") from None
+
+
+def validate_data_dir(data_dir: str | Path, mode: str, *, name: str, latest_revision: int | None,
+                      release: EtcdRelease | Callable[[], EtcdRelease] | None = None) -> Validation:
+    """Judge ``data_dir``. Raises :class:`DataDirLocked` when a running etcd owns it.
+
+    ``release`` (or a function returning it, called only when needed) runs the full mode's
+    ``etcdutl snapshot status``; without it that step is skipped."""
+    path = Path(data_dir)
+    if not path.exists():
+        return Validation(DataDirStatus.NOT_EXIST, f"{path} does not exist")
+    if not path.is_dir():
+        return Validation(DataDirStatus.INVALID_STRUCTURE, f"{path} is not a directory")
+    if not any(path.iterdir()):
+        return Validation(DataDirStatus.EMPTY, f"{path} is empty")
+    member = path / "member"
+    db = member / "snap" / "db"
+    wal = member / "wal"
+    for needed in (member, member / "snap", wal):
+        if not needed.is_dir():
+            return Validation(DataDirStatus.INVALID_STRUCTURE, f"{needed} is missing")
+    if not db.is_file():
+        return Validation(DataDirStatus.INVALID_STRUCTURE, f"{db} is missing")
+    wal_files = [p.name for p in wal.iterdir() if p.name.endswith(".wal")]
+    if not wal_files:
+        return Validation(DataDirStatus.INVALID_STRUCTURE, f"{wal} holds no WAL file")
+    _check_unlocked(db)
+    try:
+        info = read_etcd_db(db)
+    except CorruptDB as exc:
+        return Validation(DataDirStatus.CORRUPT, f"{db}: {exc}")
+    except OSError as exc:
+        return Validation(DataDirStatus.CORRUPT, f"{db}: {exc.strerror or exc}")
+    names = [m.get("name", "") for m in info.members]
+    if info.members and name not in names:
+        return Validation(DataDirStatus.MEMBER_MISMATCH,
+                          f"the data dir belongs to member(s) {', '.join(map(repr, names))}, not {name!r}",
+                          revision=info.revision)
+    if mode == "full":
+        bad = [n for n in wal_files if not WAL_NAME.match(n)]
+        if bad:
+            return Validation(DataDirStatus.CORRUPT, f"unexpected WAL file name(s) in {wal}: {', '.join(sorted(bad))}")
+        if callable(release):
+            release = release()
+        if release is not None:
+            try:
+                status = db_status(release, db)
+            except CorruptDB as exc:
+                return Validation(DataDirStatus.CORRUPT, f"{db}: {exc}", revision=info.revision)
+            if int(status.get("revision", -1)) > info.revision:
+                # both read the same file: a disagreement means pages changed under us or are damaged
+                return Validation(DataDirStatus.CORRUPT, f"{db}: inconsistent revision ({status.get('revision')} vs "
+                                  f"{info.revision})", revision=info.revision)
+    if latest_revision is not None and info.revision < latest_revision:
+        return Validation(DataDirStatus.REVISION_BEHIND,
+                          f"db revision {info.revision} is behind the latest snapshot's revision {latest_revision}",
+                          revision=info.revision)
+    return Validation(DataDirStatus.VALID, "", revision=info.revision)
