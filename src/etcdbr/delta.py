@@ -325,6 +325,8 @@ def decode_delta(payload: bytes) -> list[Event]:
         items = json.loads(bytes(body), object_pairs_hook=_Pairs)
     except (ValueError, UnicodeDecodeError) as e:
         raise IntegrityError(f"delta snapshot is not valid JSON: {e}") from None
+    except RecursionError:
+        raise IntegrityError("delta snapshot is not a JSON array of events (nested too deeply)") from None
     if items is None:
         return []
     if not isinstance(items, list) or isinstance(items, _Pairs):
