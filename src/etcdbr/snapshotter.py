@@ -241,11 +241,14 @@ class Snapshotter:
             self._notify(snap)
             return snap
 
-    async def take_delta_snapshot(self) -> Snapshot | None:
-        """Upload the events collected since the previous snapshot; None when there are none."""
+    async def take_delta_snapshot(self, final: bool = False) -> Snapshot | None:
+        """Upload the events collected since the previous snapshot; None when there are none.
+
+        ``final``: the last delta of this process (shutdown), named with the ``.final`` suffix.
+        """
         self._bind_loop()
         async with self._lock:
-            return await self._flush_deltas()
+            return await self._flush_deltas(final)
 
     async def run(self, stop: asyncio.Event, full_at_start: bool | None = None, flush_on_stop: bool = True) -> None:
         """Snapshot until ``stop`` is set: the startup decision, then cron fulls and periodic deltas.
@@ -268,7 +271,7 @@ class Snapshotter:
             await self._loop(stop)
             if stop.is_set() and flush_on_stop and self.sconfig.delta_enabled and self.buffered_events:
                 try:
-                    snap = await self.take_delta_snapshot()
+                    snap = await self.take_delta_snapshot(final=True)
                     if snap is not None:
                         log.info("uploaded the events buffered at shutdown", extra={"snapshot": snap.snap_name})
                 except EtcdbrError as exc:
@@ -458,7 +461,7 @@ class Snapshotter:
                 "start_revision": start, "first_event_revision": encoder.first_revision})
         self._pending.append(_SealedDelta(start, encoder.last_revision, encoder.finish(), encoder.count))
 
-    async def _flush_deltas(self) -> Snapshot | None:
+    async def _flush_deltas(self, final: bool = False) -> Snapshot | None:
         await self._ensure_loaded()
         if self._prev is None:
             return None
@@ -470,6 +473,7 @@ class Snapshotter:
             started = time.monotonic()
             snap = new_snapshot(Kind.INCR, sealed.start, sealed.last, prefix=self.store.prefix,
                                 compression_suffix=self.compression_suffix,
+                                is_final=final and len(self._pending) == 1,
                                 created_on=datetime.fromtimestamp(self._clock(), tz=timezone.utc))
             try:
                 stored = await asyncio.to_thread(self._save_delta, snap, sealed.payload)

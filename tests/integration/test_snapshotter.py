@@ -690,6 +690,7 @@ def test_snapshot_command_runs_until_sigterm_and_flushes_buffered_events(etcd_fa
     full, deltas = latest_chain(store.list())
     assert full is not None and full.compression_suffix == ".zlib"
     assert len(deltas) == 1 and (deltas[0].start_revision, deltas[0].last_revision) == (full.last_revision + 1, revision)
+    assert deltas[0].is_final and deltas[0].snap_name.endswith(".zlib.final")
 
 
 # -- (e) memory stays bounded for a big db ----------------------------------------------------
