@@ -59,6 +59,13 @@ def non_negative_int(text: str) -> int:
     return v
 
 
+def port(text: str) -> int:
+    v = parse_int(text)
+    if not 0 < v < 65536:
+        raise ValueError("a TCP port between 1 and 65535")
+    return v
+
+
 def chunk_size(text: str) -> int:
     v = parse_int(text)
     if v < MIN_CHUNK_SIZE:
@@ -210,7 +217,7 @@ GROUPS: dict[str, list[Opt]] = {
             env=("ETCD_BIN_DIR",)),
     ],
     "server": [
-        Opt("server-port", "server.port", positive_int, 8080, "Port of the HTTP API.", short="p"),
+        Opt("server-port", "server.port", port, 8080, "Port of the HTTP API.", short="p"),
         Opt("server-host", "server.host", text, "0.0.0.0", "Address the HTTP API binds to."),
         Opt("server-cert", "server.server_cert", text, "", "TLS certificate: serve HTTPS when set with --server-key."),
         Opt("server-key", "server.server_key", text, "", "TLS key for --server-cert."),
@@ -233,6 +240,8 @@ GROUPS: dict[str, list[Opt]] = {
             aliases=("max-parallel-copy-operations",)),
         Opt("backup-sync-max-delete-fraction", "sync.max_delete_fraction", fraction, 0.5,
             "Safety guard: skip orphan deletion when a run would delete more than this share of the secondary."),
+        Opt("backup-sync-shutdown-grace", "sync.shutdown_grace", parse_duration, timedelta(seconds=30),
+            "On shutdown, how long in-flight copies get to abort their uploads."),
     ],
     "logging": [
         Opt("log-level", "log_level", log_level, "info", "debug, info, warning or error (or the Go tool's 0-6)."),
@@ -269,6 +278,9 @@ def _click_option(opt: Opt) -> Callable:
 
 def add_options(*groups: str, extra: list[Opt] | None = None) -> Callable:
     """Decorate a click command with the flags of ``groups`` (and config/compat flags)."""
+
+    # command_runner resolves --log-level/--log-format for every command, so every command takes them.
+    groups = tuple(dict.fromkeys((*groups, "logging")))
 
     def decorate(fn):
         opts = [o for g in groups for o in GROUPS[g]] + (extra or [])
