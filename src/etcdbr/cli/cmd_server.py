@@ -1,0 +1,44 @@
+"""``server``: the sidecar. HTTP API, leader election, and (on the backup leader) snapshots,
+garbage collection, defragmentation and the dual-endpoint copier."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from .common import command_runner, version_line
+from .options import COMPAT_IGNORED, add_options
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("etcd", "store", "secondary", "sync", "snapshotter", "compression", "backoff", "restoration", "server")
+# The Go tool's boolean flags among those accepted and ignored: they may be given without a value.
+_COMPAT_BOOLS = {"use-etcd-wrapper", "enable-snapshot-lease-renewal", "enable-member-lease-renewal"}
+
+
+def _compat_options(fn):
+    """The Go tool's Kubernetes-only flags (leases, etcd wrapper): accepted so existing pod specs
+    keep working, hidden from help, and without effect."""
+    for name in reversed(COMPAT_IGNORED):
+        kwargs = {"default": None, "hidden": True, "expose_value": True}
+        if name in _COMPAT_BOOLS:
+            kwargs.update(is_flag=False, flag_value="true")
+        fn = click.option(f"--{name}", f"compat_{name.replace('-', '_')}", **kwargs)(fn)
+    return fn
+
+
+@click.command(name="server")
+@add_options(*GROUPS, "logging")
+@_compat_options
+@command_runner(*GROUPS)
+def command(config, **params) -> int:
+    """Run the backup sidecar: the HTTP API at once, then snapshots and garbage collection while
+    this sidecar's etcd member is the Raft leader (followers only serve the API)."""
+    from ..server import run_server
+
+    log.info(version_line())
+    ignored = sorted(name for name in COMPAT_IGNORED if params.get(f"compat_{name.replace('-', '_')}") is not None)
+    if ignored:
+        log.info("accepted for compatibility with the Go tool and ignored", extra={"flags": ",".join(ignored)})
+    return run_server(config)

@@ -1,0 +1,363 @@
+"""The ``server`` lifecycle: HTTP API first, then stores, then leader election gating the backups.
+
+Order of events (compatibility.md §4.1):
+
+1. The HTTP API listens at once, unhealthy (503), so the etcd container's bootstrap script can
+   call ``/initialization/start`` before etcd runs.
+2. The stores are opened (``copier.build_stores``): a broken primary ends the process; a broken
+   secondary means single-endpoint mode. Without ``--storage-provider`` there are no stores and
+   no snapshotter, and health follows etcd's reachability.
+3. Every ``--reelection-period`` the sidecar asks its own member (``--endpoints[0]``) for its
+   status. While that member is the Raft leader, this sidecar runs a :class:`LeaderTerm`: the
+   snapshotter, garbage collection, the defragmentation schedule and, with backup sync, the
+   copier and garbage collection of the secondary. Followers only serve the API.
+4. SIGTERM/SIGINT: the term ends (the snapshotter uploads the events it buffered as a last delta,
+   the copier gets ``--backup-sync-shutdown-grace``), the API closes, exit code 0.
+
+Health (``/healthz``): 200 when etcd is reachable and has a leader and either this sidecar
+follows, or it leads and the startup snapshot is done (or there is no storage provider); 503
+otherwise, and while an initialization runs or the process stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from datetime import datetime
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from croniter import croniter
+
+from .. import etcdclient
+from ..config import Config
+from ..copier import BackupCopier, build_stores
+from ..errors import ConfigError, EtcdbrError, EtcdError
+from ..gc import GarbageCollector
+from ..logs import redact
+from ..snapshotter import Snapshotter, backoff_delay
+from . import api
+from .initialization import Initialization
+from .leader import LeaderElector, Role
+
+log = logging.getLogger(__name__)
+
+#: The flag groups of ``server`` (also the keys ``/config`` serves).
+SERVER_GROUPS = ("etcd", "store", "secondary", "sync", "snapshotter", "compression", "backoff",
+                 "restoration", "server", "logging")
+# Longest wait for one status answer in an election round (the Go tool's
+# --etcd-connection-timeout-leader-election default).
+ELECTION_TIMEOUT = 5.0
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True when ``stop`` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
+        return True
+    except asyncio.TimeoutError:
+        return stop.is_set()
+
+
+class LeaderTerm:
+    """Everything that runs while this sidecar is the backup leader; built anew for every term."""
+
+    def __init__(self, server: "BackupServer") -> None:
+        self.server = server
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+        self.snapshotter: Snapshotter | None = None
+        self.copier: BackupCopier | None = None
+
+    async def start(self) -> None:
+        server, config = self.server, self.server.config
+        if server.primary is not None:
+            self.snapshotter = Snapshotter(server.primary, config, clock=server.clock)
+            self._spawn(self._run_snapshotter(), "snapshotter")
+            self._spawn(GarbageCollector(server.primary, config.snapshotter, server.clock).run(self.stop), "gc")
+            if server.secondary is not None:
+                self.copier = BackupCopier(server.primary, server.secondary, config.sync)
+                self.snapshotter.add_listener(self.copier.notify)
+                await self.copier.start()
+                # The Go tool's secondary GC: the same policy, independent of the primary's.
+                self._spawn(GarbageCollector(server.secondary, config.snapshotter, server.clock).run(self.stop),
+                            "secondary-gc")
+        self._spawn(self._defragment_on_schedule(), "defragmentation")
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        self.tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+
+    async def _run_snapshotter(self) -> None:
+        """Run the snapshotter; when it gives up (etcd or store down for the whole startup
+        backoff), start it again after a pause, as the Go server's probe loop does."""
+        assert self.snapshotter is not None
+        sconfig = self.server.config.snapshotter
+        failures = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    await self.snapshotter.run(self.stop)
+                    failures = 0
+                except Exception as exc:  # noqa: BLE001 - a leader must keep trying to back up
+                    delay = backoff_delay(failures, sconfig.backoff_multiplier,
+                                          sconfig.backoff_threshold_time.total_seconds())
+                    failures += 1
+                    error = str(exc) if isinstance(exc, EtcdbrError) else f"{type(exc).__name__}: {exc}"
+                    log.error("snapshotter stopped after repeated failures; restarting it",
+                              extra={"error": redact(error), "retry_in_seconds": delay})
+                    await _wait(self.stop, delay)
+        finally:
+            await self.snapshotter.close()
+
+    async def _defragment_on_schedule(self) -> None:
+        schedule = self.server.config.snapshotter.defragmentation_schedule
+        while not self.stop.is_set():
+            # Cron in local time, like the full-snapshot schedule.
+            now = datetime.now().astimezone()
+            due = croniter(schedule, now).get_next(datetime)
+            if await _wait(self.stop, (due - now).total_seconds()):
+                return
+            try:
+                endpoints = await self.server.cluster_endpoints()
+                log.info("starting scheduled defragmentation", extra={"members": len(endpoints)})
+                done = await etcdclient.defragment_members(self.server.config.etcd, endpoints)
+                log.info("defragmentation done", extra={"members": len(done)})
+            except EtcdbrError as exc:
+                log.warning("scheduled defragmentation failed", extra={"error": redact(str(exc))})
+                continue
+            # A defragmented member's snapshot is smaller; restores start from it.
+            if self.snapshotter is not None and self.snapshotter.active and not self.stop.is_set():
+                try:
+                    await self.snapshotter.take_full_snapshot()
+                except EtcdbrError as exc:
+                    log.warning("full snapshot after defragmentation failed", extra={"error": redact(str(exc))})
+
+    async def close(self, grace: float) -> None:
+        """End the term: the snapshotter flushes its buffered events; the copier gets ``grace``."""
+        self.stop.set()
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=max(grace, 1.0))
+            for task in pending:
+                log.warning("task did not stop in time; cancelling it", extra={"task": task.get_name()})
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+            for task in self.tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    log.error("leader task failed", extra={"task": task.get_name(),
+                                                           "error": redact(f"{type(exc).__name__}: {exc}")})
+        if self.copier is not None:
+            await self.copier.stop(grace)
+
+
+class BackupServer:
+    """One ``server`` process. ``run()`` returns the exit code."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.config_groups = SERVER_GROUPS
+        self.has_provider = bool(config.store.provider)
+        self.sync_configured = bool(config.sync.enabled and config.secondary_configured and self.has_provider)
+        self.primary = None
+        self.secondary = None
+        self.term: LeaderTerm | None = None
+        self.stopping = False
+        self._stop: asyncio.Event | None = None
+        self._client = None
+        self.initialization = Initialization(self._initialize)
+        self.elector = LeaderElector(
+            self._check_leader,
+            period=config.server.reelection_period.total_seconds(),
+            on_started_leading=self._start_term,
+            on_stopped_leading=self._end_term,
+            suspended=lambda: self.initialization.in_progress or self.stopping,
+        )
+        self.tls = self._tls_files()
+
+    # -- state the API reads -------------------------------------------------------------------
+    @property
+    def role(self) -> Role:
+        return self.elector.role
+
+    @property
+    def healthy(self) -> bool:
+        if self.stopping or self.initialization.in_progress:
+            return False
+        role = self.elector.role
+        if role is Role.FOLLOWER:
+            return True
+        if role is not Role.LEADER:
+            return False
+        if not self.has_provider:
+            return True
+        term = self.term
+        return term is not None and term.snapshotter is not None and bool(term.snapshotter.ready)
+
+    @property
+    def leader_snapshotter(self) -> Snapshotter | None:
+        term = self.term
+        if term is None or self.elector.role is not Role.LEADER:
+            return None
+        return term.snapshotter
+
+    @property
+    def copier(self) -> BackupCopier | None:
+        term = self.term
+        return term.copier if term is not None else None
+
+    # -- configuration checks ------------------------------------------------------------------
+    def _tls_files(self) -> tuple[str, str] | None:
+        cert, key = self.config.server.server_cert, self.config.server.server_key
+        if not cert and not key:
+            return None
+        if not (cert and key):
+            raise ConfigError("--server-cert and --server-key must be given together")
+        for flag, path in (("--server-cert", cert), ("--server-key", key)):
+            if not os.path.isfile(path):
+                raise ConfigError(f"{flag}: file {path!r} does not exist")
+        return cert, key
+
+    # -- etcd ----------------------------------------------------------------------------------
+    def _etcd_client(self):
+        if self._client is None:
+            self._client = etcdclient.connect(self.config.etcd)
+        return self._client
+
+    async def _reset_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.close()
+            except Exception:  # noqa: BLE001 - a broken channel may fail to close; it is dropped anyway
+                pass
+
+    async def _check_leader(self) -> bool:
+        timeout = min(ELECTION_TIMEOUT, self.config.etcd.connection_timeout.total_seconds())
+        try:
+            status = await etcdclient.status(self._etcd_client(), timeout=timeout)
+        except EtcdError:
+            await self._reset_client()
+            raise
+        if status.leader_id == 0:
+            raise EtcdError("etcd has no leader (quorum lost or an election is running)")
+        return status.is_leader
+
+    async def cluster_endpoints(self) -> list[str]:
+        """Client URLs of every member (for defragmentation), or ``--endpoints`` if unknown."""
+        from aetcd import rpc
+
+        client = self._etcd_client()
+        try:
+            await client.connect()
+            resp = await client.clusterstub.MemberList(
+                rpc.MemberListRequest(), timeout=self.config.etcd.connection_timeout.total_seconds(),
+                metadata=client.metadata)
+        except Exception as exc:  # noqa: BLE001 - fall back to what we were told
+            log.debug("member list failed; defragmenting --endpoints", extra={"error": redact(str(exc))})
+            return list(self.config.etcd.endpoints)
+        urls = [m.clientURLs[0] for m in resp.members if m.clientURLs]
+        return urls or list(self.config.etcd.endpoints)
+
+    # -- leadership ----------------------------------------------------------------------------
+    async def _start_term(self) -> None:
+        term = LeaderTerm(self)
+        self.term = term
+        try:
+            await term.start()
+        except EtcdbrError as exc:
+            log.error("could not start the backup leader's components", extra={"error": redact(str(exc))})
+
+    async def _end_term(self, reason: str) -> None:
+        term, self.term = self.term, None
+        if term is not None:
+            await term.close(self.config.sync.shutdown_grace.total_seconds())
+
+    # -- initialization ------------------------------------------------------------------------
+    async def start_initialization(self, mode: str | None) -> bool:
+        return self.initialization.start(mode)
+
+    async def _initialize(self, mode: str) -> None:
+        # The data dir is about to be validated or replaced: no snapshots of it meanwhile.
+        await self.elector.resign("initialization requested")
+        from ..restore.initializer import Initializer
+
+        await asyncio.to_thread(Initializer(self.config).run, mode)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        if self._stop is not None and not self._stop.is_set():
+            log.info("stop requested; shutting down")
+            self._stop.set()
+
+    async def _until_stopped(self, coro: Awaitable) -> tuple[bool, object]:
+        """Await ``coro`` unless a stop comes first: ``(stopped, result)``."""
+        assert self._stop is not None
+        work = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if work.done():
+            return False, work.result()
+        work.cancel()
+        return True, None
+
+    async def _start_http(self) -> web.AppRunner:
+        app = api.build_app(self, tls=self.tls is not None)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        ssl_context = api.ssl_context(*self.tls) if self.tls else None
+        host, port = self.config.server.host, self.config.server.port
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise EtcdbrError(f"cannot serve the HTTP API on {host}:{port}: {exc.strerror or exc}") from None
+        log.info("HTTP server started", extra={"address": f"{'https' if self.tls else 'http'}://{host}:{port}"})
+        return runner
+
+    async def run(self) -> int:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        runner = await self._start_http()
+        try:
+            if self.has_provider:
+                stopped, stores = await self._until_stopped(asyncio.to_thread(build_stores, self.config))
+                if stopped:
+                    return 0
+                self.primary, self.secondary = stores
+            else:
+                log.warning("No snapstore storage provider configured. Will not start backup schedule.")
+            log.info("waiting for etcd; backups run only while its member is the Raft leader",
+                     extra={"endpoint": self.config.etcd.endpoints[0] if self.config.etcd.endpoints else ""})
+            await self.elector.run(self._stop)
+            return 0
+        finally:
+            self.stopping = True
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.elector.resign("shutdown")
+            await self.initialization.cancel()
+            await runner.cleanup()
+            await self._reset_client()
+            for store in (self.primary, self.secondary):
+                if store is not None:
+                    store.close()
+            log.info("server stopped")
+
+
+def run_server(config: Config) -> int:
+    """Run ``server`` until SIGTERM/SIGINT; the exit code."""
+    return asyncio.run(BackupServer(config).run())
+
+
+__all__ = ["BackupServer", "LeaderTerm", "SERVER_GROUPS", "run_server"]
