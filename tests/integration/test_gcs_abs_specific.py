@@ -681,6 +681,9 @@ def test_abs_rotated_credentials_are_picked_up(azurite_server, abs_container, tm
 
 def test_no_secret_in_log_records(azurite_server, abs_container, gcs_server, gcs_bucket, tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
+    # The CLI's log set-up quiets the SDKs' loggers process-wide; this test wants all they say.
+    for sdk in ("azure", "google", "urllib3"):
+        caplog.set_level(logging.DEBUG, logger=sdk)
     good = _write_abs_json(tmp_path / "good.json", azurite_server.account, azurite_server.key)
     wrong_key = base64.b64encode(b"another-secret-" * 4).decode()
     bad = _write_abs_json(tmp_path / "bad.json", azurite_server.account, wrong_key)

@@ -226,9 +226,10 @@ def test_long_chain_is_compacted_and_defragmented_on_the_way(ref, tmp_path):
     bucket = tmp_path / "bucket"
     sf.resplit(ref.store(), local_store(bucket), ref.full, ref.deltas, parts=12)
     data_dir = tmp_path / "member.etcd"
-    # A 3 MiB quota: the periodic compaction after 10 deltas must also defragment to go on.
+    # A 2.75 MiB quota (the db reaches about 2.5 MiB by then): the periodic compaction after 10
+    # deltas must also defragment to go on.
     result = run(restore_args(ref, data_dir, tmp_path, *local_flags(bucket), "--max-fetchers=3",
-                              "--max-txn-ops=1000", f"--embedded-etcd-quota-bytes={3 * 1024 * 1024}"))
+                              "--max-txn-ops=1000", f"--embedded-etcd-quota-bytes={11 * 256 * 1024}"))
     assert result.exit_code == 0, result.output
     assert "applying deltas 12/12" in result.stderr and "defragmenting the temporary etcd" in result.stderr
     assert_matches_source(ref, data_dir)

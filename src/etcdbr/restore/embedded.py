@@ -116,7 +116,8 @@ class EmbeddedEtcd:
         for _attempt in range(3):  # a free port can be taken between choosing and binding it
             client_port, peer_port = _free_ports(2)
             cmd = self._command(client_port, peer_port)
-            with open(self.log_path, "ab") as out:
+            # Kept as private as the snapshots beside it (0600 whatever the umask).
+            with open(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
                 out.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n".encode())
                 out.flush()
                 self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
