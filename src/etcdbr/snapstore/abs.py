@@ -183,12 +183,6 @@ class ABSStore(SnapStore):
             return StoreUnavailable(f"cannot reach {self.account_url}: {_short(exc)}", endpoint=endpoint, key=key)
         return StoreUnavailable(f"{type(exc).__name__}: {_short(exc)}", endpoint=endpoint, key=key)
 
-    def _call(self, key: str, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            raise self._error(exc, key) from exc
-
     # -- listing -----------------------------------------------------------------------------
     def _check(self) -> None:
         self._call("", self.container.get_container_properties)

@@ -221,6 +221,22 @@ class SnapStore(abc.ABC):
         for state in self.__dict__.pop("_retired_states", []):
             self._close_state(state)
 
+    # -- error translation -------------------------------------------------------------------
+    def _error(self, exc: BaseException, key: str = "") -> EtcdbrError:
+        """Turn a provider failure into one of our errors naming this store and ``key``.
+
+        Providers override this with their SDK's error codes; the default treats an unknown
+        failure as transient.
+        """
+        return wrap_error(exc, self, key)
+
+    def _call(self, key: str, fn, *args, **kwargs):
+        """Run one SDK call, translating its failure with :meth:`_error`."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise self._error(exc, key) from exc
+
     # -- provider primitives -----------------------------------------------------------------
     @abc.abstractmethod
     def _check(self) -> None: ...
@@ -300,7 +316,7 @@ class ChunkedUpload:
             return len(first)
         pending = [first, second]
         # Our names would keep both parts alive for the whole upload: the list must own them alone.
-        del first, second
+        first = second = b""
         return self._multipart(stream, pending)
 
     def _retry(self, fn):
@@ -390,6 +406,36 @@ class HashingReader(io.RawIOBase):
             self.raw.close()
         finally:
             super().close()
+
+
+class TranslatingReader(io.RawIOBase):
+    """An SDK's object body as a raw stream whose read failures are our errors (store and key named)."""
+
+    def __init__(self, body, store: SnapStore, key: str) -> None:
+        self._body = body
+        self._store = store
+        self._key = key
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        try:
+            data = self._body.read(len(buf))
+        except Exception as exc:
+            raise self._store._error(exc, self._key) from exc
+        n = len(data)
+        buf[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._body.close()
+            except Exception:  # closing a half-read HTTP body may fail; the data is not needed
+                pass
+            finally:
+                super().close()
 
 
 def wrap_error(exc: Exception, store: SnapStore, key: str = "") -> StoreError:

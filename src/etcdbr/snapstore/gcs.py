@@ -54,7 +54,7 @@ from requests.adapters import HTTPAdapter
 from .. import logs
 from ..errors import ConfigError, EtcdbrError, ImmutableObject, ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
 from ..snapshot import Snapshot, parse_listing
-from .base import ObjectAttrs, SnapStore
+from .base import ObjectAttrs, SnapStore, TranslatingReader
 from .credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -219,12 +219,6 @@ class GCSStore(SnapStore):
             return StoreUnavailable(f"cannot reach {self.endpoint_display}: {_short(exc)}", endpoint=endpoint, key=key)
         return StoreUnavailable(f"{type(exc).__name__}: {_first_line(exc)}", endpoint=endpoint, key=key)
 
-    def _call(self, key: str, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            raise self._error(exc, key) from exc
-
     # -- listing -----------------------------------------------------------------------------
     def _check(self) -> None:
         # Listing needs only storage.objects.list, which every use of the store needs anyway
@@ -278,7 +272,7 @@ class GCSStore(SnapStore):
         if blob is None:
             raise ObjectNotFound("no such object", endpoint=self.display, key=key)
         reader = blob.open("rb", chunk_size=READ_CHUNK, raw_download=True, timeout=TIMEOUT, retry=self._retry)
-        return io.BufferedReader(_Reader(reader, self, key), buffer_size=1024 * 1024)
+        return io.BufferedReader(TranslatingReader(reader, self, key), buffer_size=1024 * 1024)
 
     def _delete_object(self, key: str, version_id: str = "") -> None:
         self._call(key, self.bucket.delete_blob, key, timeout=TIMEOUT, retry=self._retry)
@@ -453,36 +447,6 @@ class GCSStore(SnapStore):
                 return False
             raise mapped from exc
         return True
-
-
-class _Reader(io.RawIOBase):
-    """A BlobReader whose failures are our errors, naming store and key."""
-
-    def __init__(self, reader, store: GCSStore, key: str) -> None:
-        self._reader = reader
-        self._store = store
-        self._key = key
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        try:
-            data = self._reader.read(len(buf))
-        except Exception as exc:
-            raise self._store._error(exc, self._key) from exc
-        n = len(data)
-        buf[:n] = data
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._reader.close()
-            except Exception:
-                pass
-            finally:
-                super().close()
 
 
 def _immutable_until(blob) -> datetime | None:

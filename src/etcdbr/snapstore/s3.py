@@ -57,7 +57,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..snapshot import Snapshot, parse_listing
-from .base import PART_ATTEMPTS, ObjectAttrs, SnapStore
+from .base import PART_ATTEMPTS, ObjectAttrs, SnapStore, TranslatingReader
 from .credentials import as_bool, load_credentials
 
 log = logging.getLogger(__name__)
@@ -256,12 +256,6 @@ class S3Store(SnapStore):
             return StoreError(f"{self.endpoint_display}: {exc}", endpoint=endpoint, key=key)
         return StoreUnavailable(f"{type(exc).__name__}: {exc}", endpoint=endpoint, key=key)
 
-    def _call(self, key: str, fn, **kwargs):
-        try:
-            return fn(**kwargs)
-        except Exception as exc:
-            raise self._error(exc, key) from exc
-
     # -- primitives --------------------------------------------------------------------------
     def _check(self) -> None:
         try:
@@ -377,7 +371,7 @@ class S3Store(SnapStore):
             response = self._call(key, self.client.get_object, **kwargs)
         except Exception as exc:
             raise self._error(exc, key) from exc
-        return io.BufferedReader(_BodyReader(response["Body"], self, key), buffer_size=1024 * 1024)
+        return io.BufferedReader(TranslatingReader(response["Body"], self, key), buffer_size=1024 * 1024)
 
     def fetch(self, snapshot: Snapshot) -> BinaryIO:
         return self._open_read(self.object_key(snapshot), snapshot.version_id)
@@ -540,34 +534,6 @@ class _FixedProvider(CredentialProvider):
 
     def load(self):
         return self._credentials
-
-
-class _BodyReader(io.RawIOBase):
-    """A GetObject body as a raw stream whose failures are our errors (naming store and key)."""
-
-    def __init__(self, body, store: S3Store, key: str) -> None:
-        self._body = body
-        self._store = store
-        self._key = key
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        try:
-            data = self._body.read(len(buf))
-        except Exception as exc:
-            raise self._store._error(exc, self._key) from exc
-        n = len(data)
-        buf[:n] = data
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._body.close()
-            finally:
-                super().close()
 
 
 def _utc(value: datetime) -> datetime:
