@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
+import threading
 
 import click
 
@@ -26,6 +28,7 @@ def command_runner(*groups: str, extra=None):
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(**params):
+            previous = _interrupt_on_sigterm()
             try:
                 config = resolve(params, *groups, "logging", extra=extra)
                 logs.setup(config.log_level, config.log_format)
@@ -49,11 +52,37 @@ def command_runner(*groups: str, extra=None):
                 click.echo(f"error: internal error: {type(exc).__name__}: {logs.redact(str(exc))} "
                            "(run with --log-level=debug for details)", err=True)
                 sys.exit(1)
+            finally:
+                _restore_sigterm(previous)
             sys.exit(code or 0)
 
         return wrapper
 
     return decorate
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt("terminated")
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM (Kubernetes stopping a pod) unwinds like Ctrl-C instead of killing the process on
+    the spot, so uploads are aborted, temp files removed and a half-built data dir discarded.
+    Commands with their own event loop handlers (server, snapshot) replace this while they run."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:  # not the main interpreter
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        try:
+            signal.signal(signal.SIGTERM, previous)
+        except ValueError:
+            pass
 
 
 def open_checked_store(store_config):
