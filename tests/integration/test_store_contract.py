@@ -824,3 +824,30 @@ def test_s3_rotated_credentials_are_picked_up(s3):
     s3.write_credentials(s3.server.secret_key)
     os.utime(s3.creds_path, ns=(time.time_ns() + 10**9,) * 2)  # a new mtime even on coarse clocks
     assert [x.key for x in store.list()] == [s.key]
+
+
+def test_s3_check_aborts_abandoned_multipart_uploads_only(request, tmp_path, monkeypatch):
+    """A process killed mid-upload leaves a multipart upload behind; the next check() aborts it
+    once it is old enough, and leaves younger uploads (another process's live one) alone."""
+    from etcdbr.snapstore import s3 as s3_module
+
+    b = _make_backend("S3", request, tmp_path, monkeypatch)
+    store = b.store()
+    key = f"{store.prefix}/Full-00000000-00000010-1700000000.gz"
+    upload = b.client.create_multipart_upload(Bucket=b.container, Key=key)["UploadId"]
+    outside = b.client.create_multipart_upload(Bucket=b.container, Key="not-ours/file")["UploadId"]
+    stray = b.client.create_multipart_upload(Bucket=b.container, Key=f"{store.prefix}/notes.txt")["UploadId"]
+    try:
+        store.check()
+        assert b.staged() == sorted([key, "not-ours/file", f"{store.prefix}/notes.txt"])  # young: kept
+        monkeypatch.setattr(s3_module, "STALE_UPLOAD", s3_module.timedelta(0))
+        store.check()
+        # Ours aborted; another prefix and a key that is no snapshot are not ours to touch.
+        assert b.staged() == sorted(["not-ours/file", f"{store.prefix}/notes.txt"])
+    finally:
+        b.client.abort_multipart_upload(Bucket=b.container, Key="not-ours/file", UploadId=outside)
+        b.client.abort_multipart_upload(Bucket=b.container, Key=f"{store.prefix}/notes.txt", UploadId=stray)
+        try:
+            b.client.abort_multipart_upload(Bucket=b.container, Key=key, UploadId=upload)
+        except Exception:
+            pass

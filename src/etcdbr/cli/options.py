@@ -138,7 +138,8 @@ def _store_opts(flag_prefix: str, dest: str, env_prefix: str, who: str) -> list[
         Opt(f"{f}max-parallel-chunk-uploads", f"{dest}.max_parallel_chunk_uploads", positive_int, 5,
             f"Parts uploaded at once to the {who}."),
         Opt(f"{f}snapstore-temp-directory", f"{dest}.temp_dir", text, "/tmp",
-            f"Directory for temporary files of the {who} (created 0700 if missing)."),
+            f"Directory for temporary files of the {who} (created 0700 if missing). Uploads stream without "
+            "temporary files; only small private files (an S3 CA bundle) go here."),
     ]
 
 

@@ -56,7 +56,7 @@ from ..errors import (
     StoreError,
     StoreUnavailable,
 )
-from ..snapshot import Snapshot, parse_listing
+from ..snapshot import Snapshot, SnapshotNameError, parse_key, parse_listing
 from .base import PART_ATTEMPTS, ObjectAttrs, SnapStore, TranslatingReader
 from .credentials import as_bool, load_credentials
 
@@ -68,6 +68,8 @@ MAX_SINGLE_COPY = 5 * 1024**3
 #: Part size of server-side multipart copies (no data passes through us, so parts can be big).
 COPY_PART_SIZE = 512 * 1024**2
 EXCLUDE_TAG = "x-etcd-snapshot-exclude"
+# Multipart uploads older than this under our prefix were abandoned by a killed process.
+STALE_UPLOAD = timedelta(hours=24)
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "NoSuchVersion", "404"}
 _DENIED_CODES = {
@@ -183,7 +185,14 @@ class S3Store(SnapStore):
 
     def _write_ca(self, pem: str) -> str:
         """botocore wants a CA bundle path; keep the PEM in a private directory we remove on close."""
-        self._ca_dir = tempfile.mkdtemp(prefix="etcdbr-s3-ca-")
+        base = self.config.temp_dir or None
+        try:
+            if base:
+                os.makedirs(base, mode=0o700, exist_ok=True)
+            self._ca_dir = tempfile.mkdtemp(prefix="etcdbr-s3-ca-", dir=base)
+        except OSError as exc:
+            raise ConfigError(f"--snapstore-temp-directory {base!r}: cannot create a private directory "
+                              f"for the CA bundle ({exc.strerror or exc})") from None
         os.chmod(self._ca_dir, stat.S_IRWXU)
         path = os.path.join(self._ca_dir, "ca.pem")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -272,6 +281,32 @@ class S3Store(SnapStore):
             raise self._error(exc) from exc
         except Exception as exc:
             raise self._error(exc) from exc
+        self._abort_stale_uploads()
+
+    def _abort_stale_uploads(self) -> None:
+        """Abort multipart uploads under our prefix that a killed process left behind (best effort).
+
+        They are never listed as snapshots, but their parts are billed until aborted. Only uploads
+        older than :data:`STALE_UPLOAD` are touched, so a live upload of another process is safe.
+        """
+        cutoff = datetime.now(timezone.utc) - STALE_UPLOAD
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.list_root())
+            # Only keys that name snapshots are ours, even when the bucket is shared with others.
+            stale = [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads", [])
+                     if u.get("Initiated") is not None and _utc(u["Initiated"]) < cutoff and _is_snapshot_key(u["Key"])]
+        except Exception as exc:  # e.g. no s3:ListBucketMultipartUploads permission
+            log.debug("could not list abandoned multipart uploads",
+                      extra={"store": self.display, "error": str(self._error(exc))})
+            return
+        for key, upload_id in stale:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                log.info("aborted an abandoned multipart upload", extra={"store": self.display, "key": key})
+            except Exception as exc:
+                log.warning("could not abort an abandoned multipart upload",
+                            extra={"store": self.display, "key": key, "error": str(self._error(exc, key))})
 
     def list(self, include_all: bool = False) -> list[Snapshot]:
         entries = ((key, attrs.as_dict()) for key, attrs in self._list_objects(self.list_root(), include_all))
@@ -534,6 +569,14 @@ class _FixedProvider(CredentialProvider):
 
     def load(self):
         return self._credentials
+
+
+def _is_snapshot_key(key: str) -> bool:
+    try:
+        parse_key(key)
+    except SnapshotNameError:
+        return False
+    return True
 
 
 def _utc(value: datetime) -> datetime:
