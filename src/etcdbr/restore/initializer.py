@@ -1,12 +1,28 @@
 """The initializer: make ``--data-dir`` fit for etcd to start, restoring it only when it is not.
 
-A healthy data dir is left exactly as it is (validation only reads). A missing, empty, corrupt
-or foreign one, or one whose revision is behind the latest snapshot even after etcd's own WAL
-replay, is rebuilt from the store into ``<data-dir>.part`` and swapped in (see
-:mod:`.restorer`). When there is nothing to restore from (no store configured, or a store that
-answered and holds no full snapshot) an unusable data dir is removed so etcd starts a fresh
-member, as the Go tool does. A store that fails is never read as "empty": then nothing is
-removed and initialization fails.
+A healthy data dir is left exactly as it is (validation only reads).
+
+One-member clusters: a missing, empty, corrupt or foreign data dir, or one whose revision is
+behind the latest snapshot even after etcd's own WAL replay, is rebuilt from the store into
+``<data-dir>.part`` and swapped in (see :mod:`.restorer`). When there is nothing to restore from
+(no store configured, or a store that answered and holds no full snapshot) an unusable data dir
+is removed so etcd starts a fresh member, as the Go tool does. A store that fails is never read
+as "empty": then nothing is removed and initialization fails.
+
+Multi-member clusters (more than one member in ``--initial-cluster``), as the Go tool:
+
+* no revision check: a member behind the latest snapshot is caught up by Raft when it starts;
+* an unusable data dir is never rebuilt from a snapshot while the rest of the cluster has a
+  quorum (asked through ``--service-endpoints``, else ``--endpoints``, plus the client URLs the
+  other members advertise): the member is replaced through etcd's membership API and synced
+  from the leader (see :mod:`.membership`);
+* only when no other member has a quorum and none of those up holds data of its own (all of
+  them restored or new, or none up within ``--quorum-wait``; asked on their peer URLs from
+  ``--initial-cluster``) is it a whole-cluster loss, and the member is restored from the store
+  like a one-member one: every member restores the same snapshot with the same initial cluster
+  and token, etcd's disaster-recovery procedure;
+* other members up with data of their own but without a quorum make initialization fail:
+  restoring this member beside them would diverge from their data.
 
 Statuses, for ``/initialization/status``: ``New`` -> ``Progress`` -> ``Successful`` | ``Failed``.
 """
@@ -15,18 +31,22 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import shutil
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from .. import metrics
 from ..config import Config
-from ..errors import ConfigError, EtcdbrError
+from ..errors import ConfigError, EtcdbrError, RestoreError
 from .binaries import EtcdRelease, find_release
 from .embedded import EmbeddedEtcd
+from .membership import (ClusterView, MemberReplacer, cluster_size, manual_replacement, parse_initial_cluster,
+                         probe_peer, wait_for_cluster)
 from .progress import Progress
 from .restorer import Restorer, embedded_limits
 from .selection import Selection, select_source
@@ -35,6 +55,9 @@ from .validator import DataDirStatus, Validation, validate_data_dir
 log = logging.getLogger(__name__)
 
 MODES = ("full", "sanity")
+# How long a member of a multi-member cluster waits for its peers to show a quorum before it
+# takes an unusable data dir for part of a whole-cluster loss (``--quorum-wait``).
+DEFAULT_QUORUM_WAIT = timedelta(seconds=30)
 
 
 class InitStatus(str, enum.Enum):
@@ -47,8 +70,13 @@ class InitStatus(str, enum.Enum):
 @dataclass
 class InitResult:
     validation: Validation
-    action: str  # "kept", "restored", "removed", "nothing"
+    action: str  # "kept", "restored", "removed", "nothing", "rejoined"
     revision: int | None = None
+    # "rejoined" only: the member's new ID, and how it was added (for a wrapper that wants to
+    # know; etcd itself no longer reads these, as the data dir now holds the member's WAL)
+    member_id: int | None = None
+    initial_cluster: str = ""
+    initial_cluster_state: str = ""
 
 
 class Initializer:
@@ -114,41 +142,143 @@ class Initializer:
     def _run(self, mode: str) -> InitResult:
         cfg = self.config
         data_dir = Path(cfg.restoration.data_dir)
-        has_store = bool(cfg.store.provider)
-        selection: Selection | None = None
-        store_error: EtcdbrError | None = None
-        if has_store:
-            try:
-                selection = self._select()
-            except EtcdbrError as exc:
-                if isinstance(exc, ConfigError):
-                    raise
-                store_error = exc
+        size = cluster_size(cfg.restoration.initial_cluster)
+        if size > 1:
+            return self._run_multi(mode, data_dir, size)
+        selection, store_error = self._open_store()
         try:
             validation = self._validate(mode, data_dir, selection)
             if validation.valid:
                 if store_error is not None:
                     log.warning("the snapshot store cannot be read, so the data dir's revision was not compared "
                                 "with the latest snapshot; keeping the data dir", extra={"error": str(store_error)})
-                log.info("data dir is valid; leaving it untouched",
-                         extra={"data_dir": str(data_dir), "revision": validation.revision, "mode": mode})
-                return InitResult(validation, "kept", validation.revision)
-            log.warning("data dir is not usable", extra={"data_dir": str(data_dir), "status": validation.status.value,
-                                                         "reason": validation.reason})
-            if store_error is not None:
-                raise store_error
-            if selection is None or selection.chain is None:
-                return self._without_backup(data_dir, validation, has_store)
-            restorer = Restorer(selection.store, cfg.restoration, progress=self.progress, release=self.release)
-            revision = restorer.restore(str(data_dir), chain=selection.chain)
-            return InitResult(validation, "restored", revision)
+                return self._keep(data_dir, validation, mode)
+            self._unusable(data_dir, validation)
+            return self._from_store(data_dir, validation, selection, store_error)
         finally:
-            if selection is not None:
-                selection.close_others()
-                try:
-                    selection.store.close()
-                except Exception:
-                    pass
+            self._close(selection)
+
+    def _open_store(self) -> tuple[Selection | None, EtcdbrError | None]:
+        if not self.config.store.provider:
+            return None, None
+        try:
+            return self._select(), None
+        except ConfigError:
+            raise
+        except EtcdbrError as exc:
+            return None, exc
+
+    @staticmethod
+    def _close(selection: Selection | None) -> None:
+        if selection is not None:
+            selection.close_others()
+            try:
+                selection.store.close()
+            except Exception:
+                pass
+
+    @staticmethod
+    def _keep(data_dir: Path, validation: Validation, mode: str) -> InitResult:
+        log.info("data dir is valid; leaving it untouched",
+                 extra={"data_dir": str(data_dir), "revision": validation.revision, "mode": mode})
+        return InitResult(validation, "kept", validation.revision)
+
+    @staticmethod
+    def _unusable(data_dir: Path, validation: Validation) -> None:
+        log.warning("data dir is not usable", extra={"data_dir": str(data_dir), "status": validation.status.value,
+                                                     "reason": validation.reason})
+
+    def _from_store(self, data_dir: Path, validation: Validation, selection: Selection | None,
+                    store_error: EtcdbrError | None) -> InitResult:
+        if store_error is not None:
+            raise store_error
+        if selection is None or selection.chain is None:
+            return self._without_backup(data_dir, validation, bool(self.config.store.provider))
+        restorer = Restorer(selection.store, self.config.restoration, progress=self.progress, release=self.release)
+        revision = restorer.restore(str(data_dir), chain=selection.chain)
+        return InitResult(validation, "restored", revision)
+
+    # -- multi-member clusters ---------------------------------------------------------------
+    def _run_multi(self, mode: str, data_dir: Path, size: int) -> InitResult:
+        validation = self._validate(mode, data_dir, None)
+        if validation.valid:
+            return self._keep(data_dir, validation, mode)
+        self._unusable(data_dir, validation)
+        rest = self.config.restoration
+        others = [(n, u) for n, u in parse_initial_cluster(rest.initial_cluster)
+                  if n != rest.name and u not in rest.initial_advertise_peer_urls]
+        view = wait_for_cluster(self.config.etcd, self._peer_endpoints(), others, self._quorum_wait())
+        if view.has_quorum:
+            return self._rejoin(data_dir, validation, view)
+        history = view.with_history()
+        if history:
+            raise RestoreError(
+                f"the other members of this {size}-member cluster hold data but have no leader "
+                f"({', '.join(f'{p.name} at {p.peer_url}' for p in history)} up): restoring {rest.name} from a "
+                "snapshot beside them would diverge from their data. Start the other members (this one then "
+                "rejoins through etcd's membership API), or, to restore the whole cluster, stop every member "
+                "and remove every member's data dir")
+        log.warning("no other member of the cluster has a quorum or data of its own: treating this as the "
+                    "loss of the whole cluster and restoring the member from the store",
+                    extra={"cluster_size": size, "members_up": ",".join(p.name for p in view.peers),
+                           "endpoints": ",".join(view.endpoints)})
+        selection, store_error = self._open_store()
+        try:
+            return self._from_store(data_dir, validation, selection, store_error)
+        finally:
+            self._close(selection)
+
+    def _peer_endpoints(self) -> list[str]:
+        """Client URLs to ask; those the members advertise are added by the probe."""
+        etcd = self.config.etcd
+        return [e for e in (etcd.service_endpoints or etcd.endpoints) if e.strip()]
+
+    def _quorum_wait(self) -> float:
+        wait = self.config.extra.get("quorum_wait", DEFAULT_QUORUM_WAIT)
+        return wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+
+    def _rejoin(self, data_dir: Path, validation: Validation, view: ClusterView) -> InitResult:
+        """Replace this member through etcd's membership API (remove, add as learner, sync from the
+        leader, promote). Done automatically because the alternative, a member that stays down
+        until someone runs etcdctl, is no safer: the steps only ever remove a member that is down
+        and add one that cannot vote until it is in sync, and a failed sync is undone."""
+        rest = self.config.restoration
+        assert view.endpoint is not None and view.members is not None
+        log.warning("the rest of the cluster has a quorum: this member is replaced through etcd's membership "
+                    "API and synced from the leader, not restored from a snapshot",
+                    extra={"member": rest.name, "endpoint": view.endpoint})
+        if any(not u.startswith("http://") for u in rest.initial_advertise_peer_urls):
+            # The temporary member that syncs the data dir would need the peer certificates,
+            # which this tool is not given.
+            raise RestoreError(
+                f"member {rest.name} of a live cluster is replaced through etcd's membership API, not a snapshot "
+                "restore, and its peer URLs use TLS, which initialize cannot serve; replace it by hand: "
+                + manual_replacement(rest.name, rest.initial_advertise_peer_urls, view.endpoint, view.members))
+        running = [u for u in rest.initial_advertise_peer_urls if probe_peer(self.config.etcd, rest.name, u)]
+        if running:
+            raise RestoreError(f"an etcd answers at this member's peer URL {running[0]}: initialize must run before "
+                               "the member's etcd starts, and never replaces a running member")
+        self._move_aside(data_dir)
+        replacement = MemberReplacer(self.config.etcd, rest, self.release, data_dir).run(view)
+        for aside in data_dir.parent.glob(f"{data_dir.name}.replaced-*"):  # this run's and failed runs'
+            shutil.rmtree(aside, ignore_errors=True)
+        log.warning("member rejoined the cluster: its data dir was synced from the leader, and etcd starts on it "
+                    "with its usual flags (a data dir with a WAL makes --initial-cluster-state irrelevant)",
+                    extra={"member": rest.name, "member_id": f"{replacement.member_id:x}",
+                           "removed": ",".join(m.hex_id for m in replacement.removed),
+                           "initial_cluster": replacement.initial_cluster, "data_dir": str(data_dir)})
+        return InitResult(validation, "rejoined", member_id=replacement.member_id,
+                          initial_cluster=replacement.initial_cluster, initial_cluster_state="existing")
+
+    @staticmethod
+    def _move_aside(data_dir: Path) -> Path | None:
+        """Keep what the unusable data dir held until the member has rejoined."""
+        if not (data_dir.exists() or data_dir.is_symlink()):
+            return None
+        aside = data_dir.with_name(f"{data_dir.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        os.rename(data_dir, aside)
+        log.info("moved the unusable data dir aside", extra={"data_dir": str(data_dir), "aside": str(aside)})
+        return aside
 
     def _select(self) -> Selection:
         sel = select_source(self.config)
@@ -162,7 +292,8 @@ class Initializer:
         ok = False
         try:
             validation = validate_data_dir(data_dir, mode, name=self.config.restoration.name,
-                                           latest_revision=latest, release=lambda: self.release)
+                                           latest_revision=latest, release=lambda: self.release,
+                                           peer_urls=self.config.restoration.initial_advertise_peer_urls)
             if validation.status is DataDirStatus.REVISION_BEHIND:
                 validation = self._recheck_after_wal_replay(data_dir, validation, latest)
             ok = True

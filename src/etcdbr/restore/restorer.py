@@ -40,6 +40,7 @@ from ..snapshot import Snapshot, chain_gaps, latest_chain
 from .binaries import EtcdRelease, find_release
 from .embedded import EmbeddedEtcd, EmbeddedLimits
 from .etcdkv import delete_op, put_op, rpc_error_text
+from .membership import cluster_size
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -98,19 +99,22 @@ def fetch_to_file(store, snapshot: Snapshot, path: Path, on_bytes: Callable[[int
     total = 0
     try:
         reader = _decompressing(CountingReader(raw, on_bytes), snapshot)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            while True:
-                try:
-                    chunk = reader.read(COPY_BUFFER)
-                except (StoreError, IntegrityError):
-                    raise
-                except Exception as exc:  # corrupt compressed data surfaces as codec errors
-                    raise IntegrityError(f"{where}: cannot decompress: {exc}") from exc
-                if not chunk:
-                    break
-                out.write(chunk)
-                total += len(chunk)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    try:
+                        chunk = reader.read(COPY_BUFFER)
+                    except (StoreError, IntegrityError):
+                        raise
+                    except Exception as exc:  # corrupt compressed data surfaces as codec errors
+                        raise IntegrityError(f"{where}: cannot decompress: {exc}") from exc
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    total += len(chunk)
+        except OSError as exc:  # a full or read-only temp dir: say which file, not "internal error"
+            raise RestoreError(f"{where}: cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         raw.close()
     return total
@@ -296,11 +300,19 @@ class Restorer:
             log.warning("removing an unfinished restore left by an earlier run", extra={"path": str(target)})
             shutil.rmtree(target)
         db = self._fetch_full(chain.full, work)
-        self._restore_full(release, db, chain.full, target)
-        db.unlink(missing_ok=True)
         if not chain.deltas and not keep_running:
+            self._restore_full(release, db, chain.full, target)
+            db.unlink(missing_ok=True)
             return self._db_revision(release, target), None
-        member = EmbeddedEtcd(release, target, name=self.config.name, limits=self._limits(), work_dir=work)
+        # A data dir restored for a multi-member cluster names the real peers, and a member
+        # started on it talks to them: it would join a live cluster, or be sent entries it never
+        # had. So deltas are replayed on a one-member data dir, whose db is then restored for
+        # the real cluster (the membership of a db to compact does not matter at all).
+        multi = cluster_size(self.config.initial_cluster) > 1
+        replay = work / "replay.etcd" if multi and not keep_running else target
+        self._restore_full(release, db, chain.full, replay, lone=multi)
+        db.unlink(missing_ok=True)
+        member = EmbeddedEtcd(release, replay, name=self.config.name, limits=self._limits(), work_dir=work)
         member.start()
         try:
             revision = self._apply_deltas(member, chain.deltas, work)
@@ -310,6 +322,11 @@ class Restorer:
         if keep_running:
             return revision, member
         member.stop()
+        if replay != target:
+            try:
+                self._restore_full(release, replay / "member" / "snap" / "db", chain.full, target, replayed=True)
+            finally:
+                shutil.rmtree(replay, ignore_errors=True)
         return revision, None
 
     # -- full snapshot -----------------------------------------------------------------------
@@ -326,17 +343,27 @@ class Restorer:
         log.debug("fetched full snapshot", extra={"bytes": size, "key": full.key})
         return path
 
-    def _restore_full(self, release: EtcdRelease, db: Path, full: Snapshot, target: Path) -> None:
+    def _restore_full(self, release: EtcdRelease, db: Path, full: Snapshot, target: Path, *, lone: bool = False,
+                      replayed: bool = False) -> None:
+        """``etcdutl snapshot restore`` of ``db`` for the configured cluster; ``lone``: for a
+        one-member cluster of its own on loopback; ``replayed``: ``db`` is a replay member's db
+        (no hash trailer)."""
         cfg = self.config
-        self.progress.info("restoring base snapshot", snapshot=full.snap_name, revision=full.last_revision,
-                           etcdutl=release.version)
+        if not replayed:
+            self.progress.info("restoring base snapshot", snapshot=full.snap_name, revision=full.last_revision,
+                               etcdutl=release.version)
+        cluster, token = cfg.initial_cluster, cfg.initial_cluster_token
+        peers = ",".join(cfg.initial_advertise_peer_urls)
+        if lone:  # never contacted: the replay member listens on ports of its own
+            peers = "http://127.0.0.1:2380"
+            cluster, token = f"{cfg.name}={peers}", f"{cfg.initial_cluster_token}-replay"
         cmd = [release.etcdutl, "snapshot", "restore", str(db),
                "--data-dir", str(target),
                "--name", cfg.name,
-               "--initial-cluster", cfg.initial_cluster,
-               "--initial-cluster-token", cfg.initial_cluster_token,
-               "--initial-advertise-peer-urls", ",".join(cfg.initial_advertise_peer_urls)]
-        if cfg.skip_hash_check:
+               "--initial-cluster", cluster,
+               "--initial-cluster-token", token,
+               "--initial-advertise-peer-urls", peers]
+        if cfg.skip_hash_check or replayed:
             cmd.append("--skip-hash-check")
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:

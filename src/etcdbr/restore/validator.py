@@ -1,9 +1,10 @@
 """Is an etcd data dir fit to start from? Read-only checks; nothing here writes to the data dir.
 
 ``sanity``: the directory layout (``member/snap/db``, ``member/wal/*.wal``), bbolt's meta pages
-(magic, version, checksum), the membership recorded in the db (a member of our ``--name``) and
-the db's revision against the latest snapshot's. ``full`` adds a read of the whole db by the
-configured ``etcdutl snapshot status`` (which fails on damaged pages) and the WAL file names.
+(magic, version, checksum), the membership recorded in the db (a member of our ``--name``) and,
+when the caller asks for it (one-member clusters), the db's revision against the latest
+snapshot's. ``full`` adds a read of the whole db by the configured ``etcdutl snapshot status``
+(which fails on damaged pages) and the WAL file names.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..errors import EtcdbrError
 from .bbolt import CorruptDB, read_etcd_db
@@ -87,12 +88,28 @@ def db_status(release: EtcdRelease, db: Path) -> dict:
         raise CorruptDB(f"etcdutl snapshot status printed no status: {out.stdout[-200:]!r}") from None
 
 
+def _records_member(members: list[dict], name: str, peer_urls: Sequence[str]) -> bool:
+    """Does the db's membership include ``name``? etcd 3.5 writes no name into the db's record
+    of a member added at runtime (``member add``, a rejoin; the name lives in its v2 store): such
+    a record is recognised by its peer URLs."""
+    for m in members:
+        if m.get("name") == name:
+            return True
+        if not m.get("name") and (not peer_urls or set(m.get("peerURLs") or ()) & set(peer_urls)):
+            return True
+    return False
+
+
 def validate_data_dir(data_dir: str | Path, mode: str, *, name: str, latest_revision: int | None,
-                      release: EtcdRelease | Callable[[], EtcdRelease] | None = None) -> Validation:
+                      release: EtcdRelease | Callable[[], EtcdRelease] | None = None,
+                      peer_urls: Sequence[str] = ()) -> Validation:
     """Judge ``data_dir``. Raises :class:`DataDirLocked` when a running etcd owns it.
 
-    ``release`` (or a function returning it, called only when needed) runs the full mode's
-    ``etcdutl snapshot status``; without it that step is skipped."""
+    ``latest_revision`` (the latest snapshot's, or None for no revision check: the initializer
+    passes None for multi-member clusters, where Raft catches a member up) makes a db behind it
+    RevisionBehind. ``peer_urls`` (``--initial-advertise-peer-urls``) recognise this member among
+    unnamed membership records. ``release`` (or a function returning it, called only when
+    needed) runs the full mode's ``etcdutl snapshot status``; without it that step is skipped."""
     path = Path(data_dir)
     if not path.exists():
         return Validation(DataDirStatus.NOT_EXIST, f"{path} does not exist")
@@ -119,7 +136,7 @@ def validate_data_dir(data_dir: str | Path, mode: str, *, name: str, latest_revi
     except OSError as exc:
         return Validation(DataDirStatus.CORRUPT, f"{db}: {exc.strerror or exc}")
     names = [m.get("name", "") for m in info.members]
-    if info.members and name not in names:
+    if info.members and not _records_member(info.members, name, peer_urls):
         return Validation(DataDirStatus.MEMBER_MISMATCH,
                           f"the data dir belongs to member(s) {', '.join(map(repr, names))}, not {name!r}",
                           revision=info.revision)
