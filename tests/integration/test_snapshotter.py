@@ -716,11 +716,18 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
 
 
-def test_full_snapshot_memory_is_bounded_for_a_big_db(etcd_factory, tmp_path):
+def test_full_snapshot_memory_is_bounded_for_a_big_db(etcd_factory, s3_server, s3_bucket, tmp_path, monkeypatch):
     etcd = etcd_factory(quota_backend_bytes=4 * 1024 ** 3)
     mib = 1024 * 1024
     subprocess.run([sys.executable, "-c", _FILL, etcd.client_url, "544", "4"], check=True, timeout=300)
-    store = local_store(tmp_path)
+    creds = tmp_path / "aws.json"
+    creds.write_text(json.dumps({"accessKeyID": s3_server.access_key, "secretAccessKey": s3_server.secret_key,
+                                 "region": s3_server.region}))
+    monkeypatch.setenv("AWS_APPLICATION_CREDENTIALS_JSON", str(creds))
+    # Multipart upload to the real S3 server: 5 MiB parts, 5 in flight (the defaults).
+    store = open_store(StoreConfig(provider="S3", container=s3_bucket, prefix="big",
+                                   endpoint_override=s3_server.endpoint))
+    store.check()
     config = make_config(etcd, store, compression=None)
     proc = psutil.Process()
     peak = [0]
