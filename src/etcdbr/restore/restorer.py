@@ -35,6 +35,7 @@ import grpc
 
 from .. import metrics
 from ..config import RestorationConfig
+from ..fsutil import fsync_dir
 from ..errors import EtcdbrError, IntegrityError, RestoreError, StoreError
 from ..snapshot import Snapshot, chain_gaps, latest_chain
 from .binaries import EtcdRelease, find_release
@@ -141,19 +142,6 @@ def _cleanup_work_dir(work: Path, root_created: bool) -> None:
             pass
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def part_dir(data_dir: str | Path) -> Path:
     data = Path(os.path.abspath(data_dir))
     return data.with_name(data.name + ".part")
@@ -174,7 +162,7 @@ def swap_in(part: Path, data_dir: str | Path) -> None:
         if had_old:
             os.rename(data, old)
         os.rename(part, data)
-        _fsync_dir(data.parent)
+        fsync_dir(data.parent)
     except OSError as exc:
         raise RestoreError(f"cannot move the restored data dir {part} into place at {data}: "
                            f"{exc.strerror or exc} (the restored copy is left at {part})") from exc

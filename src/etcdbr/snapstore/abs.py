@@ -43,12 +43,11 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSettings, ExponentialRetry, generate_blob_sas
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from .. import logs
 from ..errors import ConfigError, EtcdbrError, ImmutableObject, ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
 from ..snapshot import Snapshot, parse_listing
-from .base import PART_ATTEMPTS, ObjectAttrs, SnapStore
+from .base import ObjectAttrs, SnapStore
 from .credentials import load_credentials, require
 
 log = logging.getLogger(__name__)
@@ -288,15 +287,15 @@ class ABSStore(SnapStore):
 
         def stage(item) -> str:
             block_id, offset, length = item
-            self._retry(lambda: target.stage_block_from_url(block_id, source_url, source_offset=offset,
-                                                            source_length=length), dst_key)
+            self._retrying(dst_key, lambda: target.stage_block_from_url(block_id, source_url, source_offset=offset,
+                                                            source_length=length))
             return block_id
 
         try:
             with ThreadPoolExecutor(max(1, self.config.max_parallel_chunk_uploads), thread_name_prefix="block-copy") as pool:
                 block_ids = list(pool.map(stage, ranges))
-            self._retry(lambda: target.commit_block_list(
-                block_ids, content_settings=ContentSettings(content_type=CONTENT_TYPE)), dst_key)
+            self._retrying(dst_key, lambda: target.commit_block_list(
+                block_ids, content_settings=ContentSettings(content_type=CONTENT_TYPE)))
         except BaseException as exc:
             try:
                 self._abort_upload(upload)
@@ -309,15 +308,6 @@ class ABSStore(SnapStore):
                 return False
             raise
         return True
-
-    def _retry(self, fn, key: str):
-        for attempt in Retrying(retry=retry_if_exception_type(StoreUnavailable), stop=stop_after_attempt(PART_ATTEMPTS),
-                                wait=self._part_retry_wait, reraise=True):
-            with attempt:
-                try:
-                    return fn()
-                except Exception as exc:
-                    raise self._error(exc, key) from exc
 
 
 class _Reader(io.RawIOBase):

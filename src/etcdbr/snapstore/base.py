@@ -237,6 +237,18 @@ class SnapStore(abc.ABC):
         except Exception as exc:
             raise self._error(exc, key) from exc
 
+    def _retrying(self, key: str, fn):
+        """``fn()`` translated like :meth:`_call`, retried with backoff while the store is unavailable
+        (the only failure a retry can change)."""
+        for attempt in Retrying(
+            retry=retry_if_exception_type(StoreUnavailable),
+            stop=stop_after_attempt(PART_ATTEMPTS),
+            wait=self._part_retry_wait,
+            reraise=True,
+        ):
+            with attempt:
+                return self._call(key, fn)
+
     # -- provider primitives -----------------------------------------------------------------
     @abc.abstractmethod
     def _check(self) -> None: ...
@@ -320,14 +332,7 @@ class ChunkedUpload:
         return self._multipart(stream, pending)
 
     def _retry(self, fn):
-        for attempt in Retrying(
-            retry=retry_if_exception_type(StoreUnavailable),
-            stop=stop_after_attempt(PART_ATTEMPTS),
-            wait=self.store._part_retry_wait,
-            reraise=True,
-        ):
-            with attempt:
-                return fn()
+        return self.store._retrying(self.key, fn)
 
     def _multipart(self, stream: BinaryIO, pending: list[bytes]) -> int:
         upload = self._retry(lambda: self.store._begin_upload(self.key))

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from ..fsutil import fsync_dir
 from ..errors import ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
 from ..snapshot import Snapshot
 from .base import ObjectAttrs, SnapStore
@@ -88,7 +89,7 @@ class LocalStore(SnapStore):
                     out.flush()
                     os.fsync(out.fileno())
                     os.replace(tmp, target)
-                    _fsync_dir(target.parent)
+                    fsync_dir(target.parent)
                 except OSError as exc:
                     raise self._error(exc, key) from exc
         except BaseException:
@@ -139,16 +140,3 @@ class LocalStore(SnapStore):
 
     def _abort_upload(self, upload):  # pragma: no cover
         raise NotImplementedError
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-

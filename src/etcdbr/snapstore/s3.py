@@ -44,7 +44,6 @@ from botocore.exceptions import (
     SSLError,
 )
 from botocore.utils import FileWebIdentityTokenLoader
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from .. import logs
 from ..errors import (
@@ -57,7 +56,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..snapshot import Snapshot, SnapshotNameError, parse_key, parse_listing
-from .base import PART_ATTEMPTS, ObjectAttrs, SnapStore, TranslatingReader
+from .base import ObjectAttrs, SnapStore, TranslatingReader
 from .credentials import as_bool, load_credentials
 
 log = logging.getLogger(__name__)
@@ -500,8 +499,8 @@ class S3Store(SnapStore):
             if size is None:
                 size = int(other._head(source, src_key)["ContentLength"])
             if size <= MAX_SINGLE_COPY:
-                self._retry(lambda: self.client.copy_object(
-                    Bucket=self.bucket, Key=dst_key, CopySource=source, **source_sse, **self._sse), dst_key)
+                self._retrying(dst_key, lambda: self.client.copy_object(
+                    Bucket=self.bucket, Key=dst_key, CopySource=source, **source_sse, **self._sse))
             else:
                 self._multipart_copy(source, source_sse, dst_key, size)
         except PermissionDenied as exc:
@@ -521,34 +520,23 @@ class S3Store(SnapStore):
             raise self._error(exc, src_key, bucket=other.bucket) from exc
         return True
 
-    def _retry(self, fn, key: str):
-        for attempt in Retrying(retry=retry_if_exception_type(StoreUnavailable), stop=stop_after_attempt(PART_ATTEMPTS),
-                                wait=self._part_retry_wait, reraise=True):
-            with attempt:
-                try:
-                    return fn()
-                except StoreError:
-                    raise
-                except Exception as exc:
-                    raise self._error(exc, key) from exc
-
     def _multipart_copy(self, source: dict, source_sse: dict, dst_key: str, size: int) -> None:
         part_size = max(COPY_PART_SIZE, -(-size // self.max_parts))
         ranges = [(n + 1, start, min(start + part_size, size) - 1) for n, start in enumerate(range(0, size, part_size))]
-        upload = self._retry(lambda: self._begin_upload(dst_key), dst_key)
+        upload = self._retrying(dst_key, lambda: self._begin_upload(dst_key))
 
         def copy_part(item):
             number, first, last = item
-            response = self._retry(lambda: self.client.upload_part_copy(
+            response = self._retrying(dst_key, lambda: self.client.upload_part_copy(
                 Bucket=self.bucket, Key=dst_key, UploadId=upload["upload_id"], PartNumber=number,
-                CopySource=source, CopySourceRange=f"bytes={first}-{last}", **source_sse, **self._sse), dst_key)
+                CopySource=source, CopySourceRange=f"bytes={first}-{last}", **source_sse, **self._sse))
             return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
 
         try:
             workers = max(1, self.config.max_parallel_chunk_uploads)
             with ThreadPoolExecutor(workers, thread_name_prefix="part-copy") as pool:
                 parts = list(pool.map(copy_part, ranges))
-            self._retry(lambda: self._complete_upload(upload, parts), dst_key)
+            self._retrying(dst_key, lambda: self._complete_upload(upload, parts))
         except BaseException:
             try:
                 self._abort_upload(upload)
