@@ -36,6 +36,12 @@ _CHANNEL_OPTIONS = {
     "grpc.keepalive_time_ms": 30_000,
     "grpc.keepalive_timeout_ms": 10_000,
     "grpc.http2.max_pings_without_data": 0,
+    # etcd's snapshot stream outruns an upload: with BDP probing gRPC grows the receive window and
+    # holds tens of MiB of the stream in native memory ahead of our bounded hand-over queue (peak
+    # RSS 169-190 MiB for a 1 GiB snapshot). A fixed 1 MiB window keeps the stream as fast next to
+    # etcd and the process at 136-139 MiB (bench/README.md, memory).
+    "grpc.http2.bdp_probe": 0,
+    "grpc.http2.lookahead_bytes": 1024 * 1024,
 }
 # Failures of a call (or of a channel closed under it by a reconnect elsewhere).
 _RPC_ERRORS = (grpc.RpcError, grpc.aio.BaseError, aetcd.ClientError, asyncio.TimeoutError, OSError)
