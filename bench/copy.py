@@ -1,0 +1,112 @@
+"""Copy 200 snapshots of 4 MiB from one bucket to another: two buckets on the S3 server (our
+copier copies server-side there), then S3 → GCS emulator (bytes stream through). Peer:
+``rclone sync`` with its default ``--transfers`` (4), then with ours (``--backup-sync-concurrent-copies``
+default, 10). Every run copies into a fresh, empty destination bucket.
+
+Ours verifies every copy by reading source and destination back (sha256), rclone compares the
+provider's MD5/ETag. Ours is timed inside the driver (open stores, list, copy, verify); rclone
+is the wall time of its process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+from bench import profiling
+from bench.common import MiB, Ctx, Row, gcs, log, median, ratio, run_driver, s3, save_raw, secs, timed
+
+NAME = "copy"
+TARGET = 0.8
+CONCURRENCY = 10  # SyncConfig.concurrent_copies default
+RCLONE_DEFAULT_TRANSFERS = 4
+
+
+def seed(s, bucket: str, count: int, size: int, prefix: str = "etcd/v2") -> int:
+    from etcdbr.snapshot import Kind, new_snapshot
+
+    t0 = datetime.now(timezone.utc) - timedelta(hours=1)
+    snaps = [new_snapshot(Kind.FULL, 0, 1000, prefix=prefix, compression_suffix=".gz", created_on=t0)]
+    rev = 1001
+    for i in range(1, count):
+        snaps.append(new_snapshot(Kind.INCR, rev, rev + 99, prefix=prefix, compression_suffix=".gz",
+                                  created_on=t0 + timedelta(seconds=10 * i)))
+        rev += 100
+    client = s.client()
+
+    def put(snap) -> None:
+        client.put_object(Bucket=bucket, Key=snap.key, Body=os.urandom(size))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, snaps))
+    return len(snaps)
+
+
+def rclone(env: dict, src: str, dst: str, transfers: int | None, expect: int) -> float:
+    cmd = ["rclone", "sync", src, dst, "--stats", "0", "--retries", "1"]
+    if transfers:
+        cmd += ["--transfers", str(transfers)]
+    took = timed(cmd, env=env)
+    # a peer that copied nothing would look fast: count what landed
+    out = subprocess.run(["rclone", "size", "--json", dst], capture_output=True, text=True, env=env, check=True)
+    got = json.loads(out.stdout)["count"]
+    if got != expect:
+        raise RuntimeError(f"rclone sync left {got} objects in {dst}, expected {expect}")
+    return took
+
+
+def run(ctx: Ctx) -> list[Row]:
+    count = ctx.count(200, 20)
+    size = ctx.size(4 * MiB, 1 * MiB)
+    raw: dict = {"count": count, "size": size, "pairs": {}}
+    with s3(ctx) as s, gcs(ctx) as g:
+        src = s.bucket("copy-src")
+        n = seed(s, src, count, size)
+        env = dict(os.environ, **s.rclone_env("S3"), **g.rclone_env("GCS"),
+                   RCLONE_CONFIG=str(ctx.work / "rclone-none.conf"))
+        env.pop("AWS_CA_BUNDLE", None)
+        src_spec = json.dumps(s.store_spec(src))
+        pairs = {
+            "S3 → S3 (same server)": (lambda: s.bucket("copy-dst"), lambda b: json.dumps(s.store_spec(b)), "S3"),
+            "S3 → GCS emulator": (lambda: g.bucket("copy-dst"), lambda b: json.dumps(g.store_spec(b)), "GCS"),
+        }
+        for label, (new_bucket, spec, remote) in pairs.items():
+            res = raw["pairs"][label] = {"ours": [], "rclone_default": [], "rclone_same": []}
+            for i in range(ctx.repeats):
+                b = new_bucket()
+                r = run_driver("copy", ["--src", src_spec, "--dst", spec(b), "--concurrency", str(CONCURRENCY),
+                                        "--expect", str(n)], s.env())
+                res["ours"].append(r)
+                b = new_bucket()
+                res["rclone_default"].append(rclone(env, f"S3:{src}/etcd", f"{remote}:{b}/etcd", None, n))
+                b = new_bucket()
+                res["rclone_same"].append(rclone(env, f"S3:{src}/etcd", f"{remote}:{b}/etcd", CONCURRENCY, n))
+                log(f"{NAME} {label} run {i + 1}: ours {r['seconds']:.2f}s (rss {r['peak_rss_mib']} MiB), "
+                    f"rclone {res['rclone_default'][-1]:.2f}s / --transfers {CONCURRENCY} "
+                    f"{res['rclone_same'][-1]:.2f}s")
+            if ctx.profile:
+                prof = ctx.work / f"profile-{NAME}-{remote}.speedscope.json"
+                run_driver("copy", ["--src", src_spec, "--dst", spec(new_bucket()), "--concurrency",
+                                    str(CONCURRENCY)], s.env(), profile_to=prof)
+                res["profile"] = str(prof)
+                log(profiling.summary(prof))
+    save_raw(NAME, raw)
+    rows = []
+    for label, res in raw["pairs"].items():
+        o = median([r["seconds"] for r in res["ours"]])
+        same_server = "same server" in label
+        for key, what in (("rclone_default", f"rclone sync (--transfers {RCLONE_DEFAULT_TRANSFERS})"),
+                          ("rclone_same", f"rclone sync --transfers {CONCURRENCY}")):
+            p = median(res[key])
+            rows.append(Row(
+                name=f"copy {count}×{size // MiB} MiB, {label}",
+                ours=f"{secs(o)} ({CONCURRENCY} concurrent, verified)",
+                peer=f"{secs(p)} {what}",
+                ratio=ratio(o, p),
+                target=f"≤ {TARGET}×" if same_server else "(no target)",
+                met=(o / p <= TARGET) if same_server else None,
+            ))
+    return rows

@@ -1,0 +1,140 @@
+"""Restore of one full snapshot (>= 256 MiB db) plus deltas holding >= 200,000 events from S3,
+against ``etcdutl snapshot restore`` of the same full snapshot alone (from a local file).
+
+The chain is made by our snapshotter: a fresh etcd filled to 256 MiB, the full snapshot at
+start, then the deltas of 200,000 puts (gzip, the default compression). The full part of ours is
+fetch + decompress + ``etcdutl snapshot restore``; the delta part is fetching, decoding and
+replaying every event through the temporary member, reported as events per second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+from bench import profiling
+from bench.common import (ROOT, GiB, MiB, Ctx, Row, bench_env, check_free, etcd, etcd_bin_dir, etcdutl, fill_etcd,
+                          log, median, python, ratio, run_driver, s3, save_raw, secs, timed)
+
+NAME = "restore"
+TARGET_FULL = 1.3
+TARGET_EVENTS = 30_000
+
+
+def generate(ctx: Ctx, s, bucket: str, full_size: int, events: int) -> dict:
+    ready, stop = ctx.work / "restore-gen-ready", ctx.work / "restore-gen-stop"
+    for f in (ready, stop):
+        f.unlink(missing_ok=True)
+    with etcd() as srv:
+        t0 = time.monotonic()
+        filled = fill_etcd(srv.client_url, full_size)
+        spec = json.dumps(s.store_spec(bucket))
+        proc = subprocess.Popen([python(), "-m", "bench.drivers.delta_ingest", "--endpoint", srv.client_url,
+                                 "--store", spec, "--ready-file", str(ready), "--stop-file", str(stop), "--flush"],
+                                cwd=ROOT, env=bench_env(s.env()), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"snapshotter failed: {proc.stderr.read()[-3000:]}")
+                time.sleep(0.05)
+            load = run_driver("load", ["--endpoint", srv.client_url, "--duration", "3600", "--count", str(events),
+                                       "--window", "128"])
+            stop.write_text(str(load["revision"]))
+            out, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            raise RuntimeError(f"snapshotter failed: {err[-3000:]}")
+    d = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
+    info = {"db_size": filled["db_size"], "puts": load["puts"], "final_revision": load["revision"],
+            "deltas": d["deltas"], "seconds": round(time.monotonic() - t0, 1)}
+    log(f"{NAME}: chain generated: {info}")
+    return info
+
+
+def fetch_full(s, bucket: str, path) -> dict:
+    """The full snapshot as a plain db file for the peer (not timed)."""
+    from bench.drivers._util import store_config
+    from etcdbr.restore.restorer import fetch_to_file
+    from etcdbr.snapshot import latest_chain
+    from etcdbr.snapstore import open_store
+
+    os.environ.update(s.env())
+    store = open_store(store_config(s.store_spec(bucket)))
+    try:
+        full, deltas = latest_chain(store.list())
+        size = fetch_to_file(store, full, path)
+        return {"full": full.snap_name, "full_revision": full.last_revision, "db_bytes": size,
+                "stored_bytes": full.size, "deltas": len(deltas)}
+    finally:
+        store.close()
+
+
+def etcd_ceiling(seconds: float = 5.0) -> dict:
+    """Put rates of a fresh etcd on this machine, one request at a time (what a replay of one
+    transaction per revision can reach at best) and 256 in flight (the ceiling for any replay
+    through etcd's API)."""
+    out = {}
+    for window in (1, 256):
+        with etcd() as srv:
+            out[window] = run_driver("load", ["--endpoint", srv.client_url, "--duration", str(seconds),
+                                              "--window", str(window)])["rate"]
+    return out
+
+
+def run(ctx: Ctx) -> list[Row]:
+    full_size = ctx.size(256 * MiB, 32 * MiB)
+    events = ctx.count(200_000, 20_000)
+    check_free(ctx.work, 6 * full_size + GiB)
+    runs, peer_runs = [], []
+    with s3(ctx) as s:
+        bucket = s.bucket("restore")
+        gen = generate(ctx, s, bucket, full_size, events)
+        db = ctx.work / "restore-full.db"
+        gen.update(fetch_full(s, bucket, db))
+        spec = json.dumps(s.store_spec(bucket))
+        target = ctx.work / "restore-target"
+        try:
+            for i in range(ctx.repeats):
+                shutil.rmtree(target, ignore_errors=True)
+                peer_runs.append(timed([etcdutl(), "snapshot", "restore", str(db), "--data-dir", str(target)]))
+                shutil.rmtree(target, ignore_errors=True)
+                prof = ctx.work / f"profile-{NAME}.speedscope.json" if ctx.profile and i == ctx.repeats - 1 else None
+                r = run_driver("restore", ["--store", spec, "--data-dir", str(target),
+                                           "--etcd-bin-dir", str(etcd_bin_dir())], s.env(), profile_to=prof)
+                shutil.rmtree(target, ignore_errors=True)
+                r["events"] = r["revision"] - r["full_revision"]
+                r["events_per_second"] = r["events"] / r["phases"]["deltas"]
+                runs.append(r)
+                log(f"{NAME} run {i + 1}: etcdutl {peer_runs[-1]:.2f}s; ours full part {r['full_part']:.2f}s, "
+                    f"deltas {r['events']} events in {r['phases']['deltas']:.1f}s "
+                    f"({r['events_per_second']:.0f}/s), phases {r['phases']}, rss {r['peak_rss_mib']} MiB")
+                if prof:
+                    r["profile"] = str(prof)
+                    log(profiling.summary(prof))
+        finally:
+            db.unlink(missing_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+    ceiling = etcd_ceiling()
+    log(f"{NAME}: etcd put rate here: {ceiling[1]:.0f}/s one at a time, {ceiling[256]:.0f}/s with 256 in flight")
+    save_raw(NAME, {"generated": gen, "ours": runs, "peer": peer_runs, "etcd_put_rate": ceiling})
+    full = median([r["full_part"] for r in runs])
+    peer = median(peer_runs)
+    eps = median([r["events_per_second"] for r in runs])
+    total = median([r["seconds"] for r in runs])
+    n_events = runs[0]["events"]
+    return [
+        Row(name=f"restore: full part ({gen['db_bytes'] / MiB:.0f} MiB db, gzip in S3: fetch + gunzip + etcdutl)",
+            ours=secs(full), peer=f"{secs(peer)} etcdutl snapshot restore (local file)", ratio=ratio(full, peer),
+            target=f"≤ {TARGET_FULL}×", met=full / peer <= TARGET_FULL),
+        Row(name=f"restore: deltas ({n_events:,} events in {runs[0]['deltas']} deltas)",
+            ours=f"{eps:,.0f} events/s (whole restore {secs(total)})",
+            peer=f"etcd alone: {ceiling[1]:,.0f} puts/s one at a time, {ceiling[256]:,.0f}/s pipelined",
+            target=f"≥ {TARGET_EVENTS:,} events/s", met=eps >= TARGET_EVENTS),
+    ]
