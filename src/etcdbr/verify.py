@@ -163,6 +163,12 @@ def _open_decompressed(raw: BinaryIO, suffix: str) -> BinaryIO:
     return decompressing_reader(raw, suffix)
 
 
+def read_decompressed(stream: BinaryIO, suffix: str, sink) -> None:
+    """Feed the decompressed bytes of ``stream`` to ``sink`` chunk by chunk; codec failures are
+    IntegrityError (the bytes are not what the name's suffix says)."""
+    _read_all(_open_decompressed(stream, suffix), sink)
+
+
 def _read_all(reader: BinaryIO, sink) -> None:
     while True:
         try:

@@ -14,14 +14,14 @@ and says so with a warning.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 
 from ..config import Config, StoreConfig
-from ..errors import ConfigError, EtcdbrError, IntegrityError, RestoreError, StoreError
+from ..errors import ConfigError, EtcdbrError, IntegrityError, RestoreError
 from ..snapshot import Snapshot, latest_chain
-from .restorer import Chain, _decompressing
+from ..verify import check_full, read_decompressed
+from .restorer import Chain
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ MODES = ("primary", "secondary", "auto")
 # Full snapshots up to this size (as stored) are fetched and their SHA-256 trailer checked before
 # choosing; bigger ones are checked by etcdutl during the restore itself.
 FULL_VERIFY_LIMIT = 256 * 1024 * 1024
-_READ = 1024 * 1024
 
 
 @dataclass
@@ -139,22 +138,13 @@ def _evaluate(role: str, store_config: StoreConfig, verify_full: bool) -> Candid
 
 
 def _read_all(store, snap: Snapshot) -> bytes:
+    chunks: list[bytes] = []
     raw = store.fetch(snap)
     try:
-        reader = _decompressing(raw, snap)
-        chunks = []
-        while True:
-            try:
-                chunk = reader.read(_READ)
-            except (StoreError, IntegrityError):
-                raise
-            except Exception as exc:
-                raise IntegrityError(f"cannot decompress: {exc}") from exc
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        read_decompressed(raw, snap.compression_suffix, chunks.append)
     finally:
         raw.close()
+    return b"".join(chunks)
 
 
 def _verify_delta(store, delta: Snapshot) -> None:
@@ -169,30 +159,10 @@ def _verify_delta(store, delta: Snapshot) -> None:
 def _verify_full(store, full: Snapshot) -> None:
     """etcd's trailer: the last 32 bytes are the SHA-256 of everything before them."""
     raw = store.fetch(full)
-    hasher = hashlib.sha256()
-    tail = b""
-    size = 0
     try:
-        reader = _decompressing(raw, full)
-        while True:
-            try:
-                chunk = reader.read(_READ)
-            except (StoreError, IntegrityError):
-                raise
-            except Exception as exc:
-                raise IntegrityError(f"cannot decompress: {exc}") from exc
-            if not chunk:
-                break
-            size += len(chunk)
-            data = tail + chunk
-            hasher.update(data[:-32])
-            tail = data[-32:]
+        check_full(raw, full.compression_suffix)
     finally:
         raw.close()
-    if size % 512 != 32:
-        raise IntegrityError("SHA256 hash seems to be missing (size % 512 != 32)")
-    if hasher.digest() != tail:
-        raise IntegrityError(f"expected sha256 {tail.hex()}, got {hasher.hexdigest()}")
 
 
 def _describe(c: Candidate) -> str:
