@@ -152,6 +152,10 @@ class S3Store(SnapStore):
             "user_agent_extra": "etcd-backup-restore",
             "tcp_keepalive": True,
         }
+        # Every byte we download is checked by us (etcd's SHA-256 trailer, the delta hash, the
+        # copier's SHA-256), so botocore's CRC pass over responses would hash it twice. Uploads
+        # keep their request checksum: the service checks what it received.
+        options["response_checksum_validation"] = "when_required"
         if self.endpoint_url or as_bool(values.get("s3ForcePathStyle", False)):
             options["s3"] = {"addressing_style": "path"}
         for key, option in (("requestChecksumCalculation", "request_checksum_calculation"),
