@@ -36,6 +36,7 @@ import grpc
 from .. import metrics
 from ..config import RestorationConfig
 from ..fsutil import fsync_dir
+from ..readahead import ReadAhead
 from ..errors import EtcdbrError, IntegrityError, RestoreError, StoreError
 from ..snapshot import Snapshot, chain_gaps, latest_chain
 from .binaries import EtcdRelease, find_release
@@ -96,7 +97,7 @@ def _decompressing(raw: BinaryIO, snapshot: Snapshot) -> BinaryIO:
 def fetch_to_file(store, snapshot: Snapshot, path: Path, on_bytes: Callable[[int], None] = lambda n: None) -> int:
     """Fetch, decompress by suffix and write one snapshot to ``path`` (created 0600)."""
     where = f"{store.display} object {snapshot.key}"
-    raw = store.fetch(snapshot)
+    raw = ReadAhead(store.fetch(snapshot))
     total = 0
     try:
         reader = _decompressing(CountingReader(raw, on_bytes), snapshot)
