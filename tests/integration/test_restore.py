@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+import grpc
 import pytest
 from click.testing import CliRunner
 
@@ -18,6 +19,8 @@ import snapshot_factory as sf
 from etcdbr.cli.main import cli
 from etcdbr.config import StoreConfig
 from etcdbr.metrics import REGISTRY
+from etcdbr.restore import restorer as restorer_mod
+from etcdbr.restore.etcdkv import EtcdKV, modified_at
 from etcdbr.snapstore import open_store
 from services import S3Server, free_port
 
@@ -232,4 +235,71 @@ def test_long_chain_is_compacted_and_defragmented_on_the_way(ref, tmp_path):
                               "--max-txn-ops=1000", f"--embedded-etcd-quota-bytes={11 * 256 * 1024}"))
     assert result.exit_code == 0, result.output
     assert "applying deltas 12/12" in result.stderr and "defragmenting the temporary etcd" in result.stderr
+    assert_matches_source(ref, data_dir)
+
+
+# -- pipelined replay: a transaction that lands before its predecessor, or whose outcome is lost --
+
+def _pipelined_restore(ref, tmp_path):
+    store = local_store(tmp_path / "bucket")
+    sf.copy_snapshots(ref.store(), store)
+    data_dir = tmp_path / "member.etcd"
+    return run(restore_args(ref, data_dir, tmp_path, *local_flags(tmp_path / "bucket"), "--max-txn-ops=1000",
+                            "--log-level=debug")), data_dir
+
+
+def test_replay_resumes_exactly_when_a_guarded_transaction_arrives_out_of_order(ref, tmp_path, monkeypatch):
+    # Every 50th guard can never hold, as if its transaction reached etcd before its predecessor:
+    # the replay must wait for what is in flight, go on from etcd's revision and stay exact.
+    real = restorer_mod._guard_after
+    failed = []
+
+    def sometimes_impossible(revision, events):
+        if revision % 50 == 0:
+            failed.append(revision)
+            return modified_at(events[0].kv.key, -1)
+        return real(revision, events)
+
+    monkeypatch.setattr(restorer_mod, "_guard_after", sometimes_impossible)
+    result, data_dir = _pipelined_restore(ref, tmp_path)
+    assert result.exit_code == 0, result.output
+    resumed = result.stderr.count("replay resumes after an out-of-order or failed transaction")
+    assert len(failed) > 100 and resumed >= len(failed) // 2, (len(failed), resumed)
+    assert_matches_source(ref, data_dir)
+
+
+def test_replay_resumes_exactly_when_an_applied_transaction_reports_an_error(ref, tmp_path, monkeypatch):
+    # The worst case for exactness: etcd applied the transaction but its answer was lost. It must
+    # not be applied again: the replay continues from the revision etcd reports.
+    real = EtcdKV.txn_future
+    calls = {"n": 0, "lost": 0}
+
+    class LostAnswer(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "connection reset (injected)"
+
+    class Lost:
+        def __init__(self, future):
+            self.future = future
+
+        def result(self):
+            self.future.result()
+            raise LostAnswer()
+
+    def lossy(self, ops, compare):
+        calls["n"] += 1
+        future = real(self, ops, compare)
+        if calls["n"] % 37 == 0:
+            calls["lost"] += 1
+            return Lost(future)
+        return future
+
+    monkeypatch.setattr(EtcdKV, "txn_future", lossy)
+    result, data_dir = _pipelined_restore(ref, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert calls["lost"] > 100
+    assert result.stderr.count("replay resumes after an out-of-order or failed transaction") >= calls["lost"]
     assert_matches_source(ref, data_dir)

@@ -1,7 +1,7 @@
 """A small synchronous etcd v3 client for the temporary etcd a restore drives.
 
-The restore is a strictly sequential conversation with one local member (one transaction per
-revision, each waiting for the previous), so blocking gRPC calls on aetcd's generated stubs are
+The restore is an ordered conversation with one local member (one transaction per revision,
+at most two in flight), so blocking gRPC calls and futures on aetcd's generated stubs are
 simpler and faster than an event loop. Only plaintext loopback is needed: the member is ours.
 """
 
@@ -79,6 +79,10 @@ class EtcdKV:
         to specific codes (quota, size)."""
         return self.kv.Txn(pb.TxnRequest(success=ops), timeout=self.timeout)
 
+    def txn_future(self, ops: list[pb.RequestOp], compare: list[pb.Compare]) -> grpc.Future:
+        """Send a conditional transaction without waiting for it (its result raises grpc.RpcError)."""
+        return self.kv.Txn.future(pb.TxnRequest(compare=compare, success=ops), timeout=self.timeout)
+
     def compact(self, revision: int, *, physical: bool = True, timeout: float | None = None) -> None:
         self._call("compact", self.kv.Compact, pb.CompactionRequest(revision=revision, physical=physical),
                    timeout=timeout)
@@ -117,6 +121,16 @@ def put_op(key: bytes, value: bytes) -> pb.RequestOp:
 
 def delete_op(key: bytes) -> pb.RequestOp:
     return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))
+
+
+def modified_at(key: bytes, revision: int) -> pb.Compare:
+    """True while ``key``'s last modification is at ``revision``."""
+    return pb.Compare(target=pb.Compare.MOD, key=key, mod_revision=revision, result=pb.Compare.EQUAL)
+
+
+def absent(key: bytes) -> pb.Compare:
+    """True while ``key`` does not exist."""
+    return pb.Compare(target=pb.Compare.VERSION, key=key, version=0, result=pb.Compare.EQUAL)
 
 
 def rpc_error_text(exc: grpc.RpcError) -> str:
