@@ -394,9 +394,25 @@ class Restorer:
         fetch_to_file(self.store, delta, path)
         return path
 
-    def _apply_deltas(self, member: EmbeddedEtcd, deltas: list[Snapshot], work: Path) -> int:
+    def _prepare_delta(self, fetched: Future, where: str) -> list[tuple[int, int, list, object]]:
+        """Wait for a fetched delta, verify and decode it, and turn it into one (revision, event
+        count, ops, guard) per revision. Runs in a thread of its own, one delta ahead of the replay."""
         from ..delta import decode_delta
 
+        try:
+            path = fetched.result()
+        except IntegrityError as exc:
+            raise RestoreError(f"delta snapshot {where}: {exc}") from exc
+        payload = path.read_bytes()
+        path.unlink(missing_ok=True)
+        try:
+            events = decode_delta(payload)
+        except IntegrityError as exc:
+            raise RestoreError(f"delta snapshot {where} failed verification: {exc}") from exc
+        del payload
+        return [(rev, len(group), _ops(group), _guard_after(rev, group)) for rev, group in _group_by_revision(events)]
+
+    def _apply_deltas(self, member: EmbeddedEtcd, deltas: list[Snapshot], work: Path) -> int:
         assert member.client is not None
         revision = member.client.revision()
         self._next_guard = None  # nothing replayed yet: the first revision goes alone
@@ -407,30 +423,32 @@ class Restorer:
         self.progress.info("fetching", deltas=total, parallel=window, store=self.store.display)
         self.progress.start_deltas(total)
         pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="delta-fetch")
+        # Decoding (JSON, base64) is most of the replay's own CPU: done for the next delta while
+        # the current one is replayed, it overlaps the wait for etcd. One ahead bounds memory.
+        decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-decode")
         pending: dict[int, Future] = {}
+        prepared: Future | None = None
+
+        def where_of(i: int) -> str:
+            return f"{self.store.display} object {deltas[i].key}"
+
         try:
             # A bounded look-ahead: at most ``window`` deltas are downloaded and not yet applied.
             for i in range(window):
                 pending[i] = pool.submit(self._fetch_delta, deltas[i], work / f"delta-{i:06d}")
+            prepared = decoder.submit(self._prepare_delta, pending.pop(0), where_of(0))
             for i, delta in enumerate(deltas):
-                where = f"{self.store.display} object {delta.key}"
-                try:
-                    path = pending.pop(i).result()
-                except IntegrityError as exc:
-                    raise RestoreError(f"delta snapshot {where}: {exc}") from exc
+                where = where_of(i)
+                groups = prepared.result()
                 if i + window < total:
                     pending[i + window] = pool.submit(self._fetch_delta, deltas[i + window],
                                                       work / f"delta-{i + window:06d}")
-                payload = path.read_bytes()
-                path.unlink(missing_ok=True)
-                try:
-                    events = decode_delta(payload)
-                except IntegrityError as exc:
-                    raise RestoreError(f"delta snapshot {where} failed verification: {exc}") from exc
-                del payload
+                prepared = (decoder.submit(self._prepare_delta, pending.pop(i + 1), where_of(i + 1))
+                            if i + 1 < total else None)
                 if not self.progress.interactive:
                     self.progress.delta_done(i + 1, total, snapshot=delta.snap_name, revision=delta.last_revision)
-                revision = self._apply_one(member, delta, events, revision, first=i == 0, where=where)
+                revision = self._apply_one(member, delta, groups, revision, first=i == 0, where=where)
+                del groups
                 if self.progress.interactive:
                     self.progress.delta_done(i + 1, total, revision=revision)
                 if (i + 1) % COMPACT_EVERY == 0 and i + 1 < total:
@@ -438,11 +456,14 @@ class Restorer:
         finally:
             for fut in pending.values():
                 fut.cancel()
+            if prepared is not None:
+                prepared.cancel()
+            decoder.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)
             self.progress.close()
         return revision
 
-    def _apply_one(self, member: EmbeddedEtcd, delta: Snapshot, events, revision: int, *, first: bool,
+    def _apply_one(self, member: EmbeddedEtcd, delta: Snapshot, prepared: list, revision: int, *, first: bool,
                    where: str) -> int:
         if delta.last_revision <= revision:
             log.info("skipping delta already contained in the restored data", extra={
@@ -450,15 +471,15 @@ class Restorer:
             return revision
         skipped = 0
         groups: list[tuple[int, list, object]] = []
-        for group_rev, group in _group_by_revision(events):
+        for group_rev, count, ops, guard in prepared:
             if group_rev <= revision:
-                skipped += len(group)
+                skipped += count
                 continue
             expected = revision + len(groups) + 1
             if group_rev != expected:
                 raise RestoreError(f"mismatched event revision in delta snapshot {where}: next event is at "
                                    f"revision {group_rev} but the restored data is at revision {expected - 1}")
-            groups.append((group_rev, _ops(group), _guard_after(group_rev, group)))
+            groups.append((group_rev, ops, guard))
         if groups:
             revision = self._replay(member, groups, revision, where)
         if skipped and not first:
