@@ -58,6 +58,38 @@ def rclone(env: dict, src: str, dst: str, transfers: int | None, expect: int) ->
     return took
 
 
+def copy_floor(s, src: str, dst: str, threads: int) -> float:
+    """The server-side copies alone: CopyObject of every object with ``threads`` concurrent
+    boto3 calls, nothing listed on the destination, nothing verified. What any copier that
+    copies server-side pays to this server at least."""
+    import time
+
+    client = s.client()
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=src)
+            for o in page.get("Contents", [])]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda k: client.copy_object(Bucket=dst, Key=k, CopySource={"Bucket": src, "Key": k}), keys))
+    return time.perf_counter() - t0
+
+
+def etag_survives_copy(s, bucket: str) -> bool:
+    """Whether this server gives a server-side copy of a multipart object the source's ETag
+    ("<md5 of part md5s>-<parts>") instead of one it computed over the copy's bytes: then
+    comparing ETags, as rclone does, cannot tell a good copy from a bad one."""
+    client = s.client()
+    part = os.urandom(5 * MiB)
+    upload = client.create_multipart_upload(Bucket=bucket, Key="etag-probe")["UploadId"]
+    parts = [{"PartNumber": n, "ETag": client.upload_part(Bucket=bucket, Key="etag-probe", UploadId=upload,
+                                                          PartNumber=n, Body=part)["ETag"]} for n in (1, 2)]
+    client.complete_multipart_upload(Bucket=bucket, Key="etag-probe", UploadId=upload,
+                                     MultipartUpload={"Parts": parts})
+    client.copy_object(Bucket=bucket, Key="etag-probe-copy", CopySource={"Bucket": bucket, "Key": "etag-probe"})
+    source = client.head_object(Bucket=bucket, Key="etag-probe")["ETag"]
+    copy = client.head_object(Bucket=bucket, Key="etag-probe-copy")["ETag"]
+    return source == copy and "-" in source
+
+
 def run(ctx: Ctx) -> list[Row]:
     count = ctx.count(200, 20)
     size = ctx.size(4 * MiB, 1 * MiB)
@@ -74,8 +106,10 @@ def run(ctx: Ctx) -> list[Row]:
             "S3 → GCS emulator": (lambda: g.bucket("copy-dst"), lambda b: json.dumps(g.store_spec(b)), "GCS"),
         }
         for label, (new_bucket, spec, remote) in pairs.items():
-            res = raw["pairs"][label] = {"ours": [], "rclone_default": [], "rclone_same": []}
+            res = raw["pairs"][label] = {"ours": [], "rclone_default": [], "rclone_same": [], "floor": []}
             for i in range(ctx.repeats):
+                if remote == "S3":
+                    res["floor"].append(copy_floor(s, src, new_bucket(), CONCURRENCY))
                 b = new_bucket()
                 r = run_driver("copy", ["--src", src_spec, "--dst", spec(b), "--concurrency", str(CONCURRENCY),
                                         "--expect", str(n)], s.env())
@@ -86,13 +120,14 @@ def run(ctx: Ctx) -> list[Row]:
                 res["rclone_same"].append(rclone(env, f"S3:{src}/etcd", f"{remote}:{b}/etcd", CONCURRENCY, n))
                 log(f"{NAME} {label} run {i + 1}: ours {r['seconds']:.2f}s (rss {r['peak_rss_mib']} MiB), "
                     f"rclone {res['rclone_default'][-1]:.2f}s / --transfers {CONCURRENCY} "
-                    f"{res['rclone_same'][-1]:.2f}s")
+                    f"{res['rclone_same'][-1]:.2f}s" + (f", CopyObject alone {res['floor'][-1]:.2f}s" if res["floor"] else ""))
             if ctx.profile:
                 prof = ctx.work / f"profile-{NAME}-{remote}.speedscope.json"
                 run_driver("copy", ["--src", src_spec, "--dst", spec(new_bucket()), "--concurrency",
                                     str(CONCURRENCY)], s.env(), profile_to=prof)
                 res["profile"] = str(prof)
                 log(profiling.summary(prof))
+        raw["etag_survives_copy"] = etag_survives_copy(s, s.bucket("etag-probe"))
     save_raw(NAME, raw)
     rows = []
     for label, res in raw["pairs"].items():
@@ -109,4 +144,15 @@ def run(ctx: Ctx) -> list[Row]:
                 target=f"≤ {TARGET}×" if same_server else "(no target)",
                 met=(o / p <= TARGET) if same_server else None,
             ))
+        if res.get("floor"):
+            f = median(res["floor"])
+            p = median(res["rclone_same"])
+            rows.append(Row(
+                name=f"copy {count}×{size // MiB} MiB, {label}: the server-side copies alone (CopyObject, "
+                     f"{CONCURRENCY} concurrent, nothing verified)",
+                ours=secs(f), peer=f"{secs(p)} rclone sync --transfers {CONCURRENCY}", ratio=ratio(f, p),
+                target="(reference: the floor)", met=None,
+            ))
+    if "etag_survives_copy" in raw:
+        log(f"{NAME}: a server-side copy of a multipart object keeps the source's ETag: {raw['etag_survives_copy']}")
     return rows
