@@ -10,7 +10,9 @@ What a restore promises:
 * Deltas are replayed through a temporary etcd member on the ``.part`` dir, one transaction per
   source revision, so the restored keyspace has the source's revisions (mod, create, version)
   and its current revision. After every transaction and every delta the member's revision must
-  equal the source's; anything else is "mismatched event revision" naming the object.
+  equal the source's; anything else is "mismatched event revision" naming the object. Two
+  transactions are kept in flight, the second guarded so that it can only land right after the
+  first (see :meth:`Restorer._replay`).
 * A revision the source wrote in one transaction must land as one revision here too, or every
   later revision would be off by one. When a revision has more operations than
   ``--max-txn-ops``, or is larger than ``--max-request-bytes``, the temporary member is restarted
