@@ -1,6 +1,6 @@
 """Our copy: one ``BackupCopier.sync_once`` from a source store to a destination store.
 
-``python -m bench.drivers.copy --src JSON --dst JSON [--concurrency N] [--expect N]``
+``python -m bench.drivers.copy --src JSON --dst JSON [--concurrency N] [--expect N] [--verify content|metadata]``
 Prints seconds (open stores + list + copy + verify), snapshots and bytes copied, peak RSS.
 """
 
@@ -21,7 +21,8 @@ async def main(args) -> dict:
     t0 = time.perf_counter()
     src = open_store(store_config(args.src, ""))
     dst = open_store(store_config(args.dst, "SECONDARY_"))
-    copier = BackupCopier(src, dst, SyncConfig(enabled=True, concurrent_copies=args.concurrency))
+    copier = BackupCopier(src, dst, SyncConfig(enabled=True, concurrent_copies=args.concurrency,
+                                                      verify=args.verify))
     result = await copier.sync_once(delete_orphans=False)
     took = time.perf_counter() - t0
     await copier.stop(0)
@@ -38,6 +39,7 @@ if __name__ == "__main__":
     p.add_argument("--dst", required=True)
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--expect", type=int, default=0)
+    p.add_argument("--verify", choices=("content", "metadata"), default="content")
     a = p.parse_args()
     quiet_logs()
     emit(asyncio.run(main(a)))

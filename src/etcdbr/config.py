@@ -222,6 +222,9 @@ class SyncConfig:
     concurrent_copies: int = 10
     max_delete_fraction: float = 0.5
     shutdown_grace: timedelta = timedelta(seconds=30)
+    #: "content" (read back, SHA-256) or "metadata" (server-side copies: the service's size and
+    #: content digest, content otherwise); see copier.BackupCopier._copy_verified.
+    verify: str = "content"
 
 
 @dataclass

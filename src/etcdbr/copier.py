@@ -10,7 +10,9 @@ Contract (``spec/dual-endpoint.md``; the log sentences below are the ones operat
   deletes what only the secondary has. A store whose listing fails is never taken for empty: the
   run fails and changes nothing.
 * A copy counts only once verified: the destination is read back and its size and SHA-256 must
-  equal those of the source bytes. A failed verification deletes the bad copy.
+  equal those of the source bytes. A failed verification deletes the bad copy. With
+  ``--backup-sync-verify=metadata`` a server-side copy counts without downloads when the service
+  reports the same size and content digest (S3 ETag) for both objects; else it is read back.
 * Copies are written under the secondary's prefix with ``.final`` stripped from the name, as the
   Go copier does (a WORM bucket accepts a name once; the key ignores the suffix anyway).
 * Orphan deletion honours immutability and a safety guard: nothing is deleted when the primary
@@ -750,6 +752,12 @@ class BackupCopier:
                 server_side = self.secondary.copy_from(self.primary, src, dst)
             except ObjectNotFound as exc:  # only the source can be missing in a copy
                 raise SourceGone(str(exc)) from exc
+        if server_side and self.config.verify == "metadata":
+            vouched = self._vouched_size(src, dst)
+            if vouched is not None:
+                log.debug("copied snapshot; the service reports the same size and digest for both objects",
+                          extra={"snapshot": src.snap_name, "bytes": vouched, "server_side": True})
+                return vouched
         if server_side:
             expected = _digest(self._fetch_source(src), self._stopping)
         else:
@@ -772,6 +780,23 @@ class BackupCopier:
         log.debug("copied and verified snapshot", extra={"snapshot": src.snap_name, "bytes": expected[0],
                                                          "server_side": server_side})
         return expected[0]
+
+    def _vouched_size(self, src: Snapshot, dst: Snapshot) -> int | None:
+        """``--backup-sync-verify=metadata``: the copy's size when the service reports the same
+        size and content digest for source and copy (and the size is the listing's); None means
+        verify by content."""
+        try:
+            theirs = self.primary.content_fingerprint(src)
+            ours = self.secondary.content_fingerprint(dst)
+        except ObjectNotFound:
+            return None
+        if theirs is None or ours is None:
+            return None
+        if theirs != ours or (src.size is not None and ours[0] != src.size):
+            log.info("the service's size or digest of a copy differs from the primary's; verifying by content",
+                     extra={"snapshot": src.snap_name, "primary": list(theirs), "secondary": list(ours)})
+            return None
+        return ours[0]
 
     def _fetch_source(self, src: Snapshot) -> BinaryIO:
         try:

@@ -282,6 +282,44 @@ def test_same_s3_server_copies_server_side_and_verifies(s3_server, s3_creds, cap
         n.removesuffix(".final") for n in (s.snap_name for s in primary.list()))
 
 
+def _count_fetches(store) -> list[str]:
+    fetched: list[str] = []
+    real = store.fetch
+    store.fetch = lambda snap: fetched.append(snap.snap_name) or real(snap)
+    return fetched
+
+
+@pytest.mark.parametrize("digests_agree", [True, False])
+def test_metadata_verification_trusts_the_services_digest_only_when_it_agrees(
+        digests_agree, s3_server, s3_creds, caplog, stores_to_close):
+    b1, b2 = s3_server.create_bucket(unique_name("prim")), s3_server.create_bucket(unique_name("sec"))
+    primary = open_store(s3_config(s3_server, b1))
+    secondary = open_store(s3_config(s3_server, b2, prefix="etcd", env_prefix="SECONDARY_"))
+    stores_to_close.extend([primary, secondary])
+    seed(primary, n_deltas=2, big=6 * MiB)  # the full is a multipart object ("<md5>-2" ETag)
+    from_primary, from_secondary = _count_fetches(primary), _count_fetches(secondary)
+    if not digests_agree:  # as if the service reported a digest of other bytes for the copies
+        real = secondary.content_fingerprint
+        secondary.content_fingerprint = lambda snap: (real(snap)[0], "0" * 32)
+
+    async def scenario():
+        copier = BackupCopier(primary, secondary, sync_config(verify="metadata"))
+        try:
+            return await copier.sync_once()
+        finally:
+            await copier.stop(1)
+
+    with caplog.at_level(logging.INFO, logger="etcdbr.copier"):
+        result = asyncio.run(scenario())
+    assert result.ok and len(result.copied) == 3
+    fallbacks = [m for m in messages(caplog) if "verifying by content" in m]
+    if digests_agree:
+        assert from_primary == [] and from_secondary == [] and fallbacks == []
+    else:  # every copy read back from both stores, as with --backup-sync-verify=content
+        assert len(from_primary) == 3 and len(from_secondary) == 3 and len(fallbacks) == 3
+    assert digest_map(secondary) == digest_map(primary)
+
+
 def test_copy_streams_with_bounded_memory(s3_server, s3_bucket, s3_creds, gcs_env, gcs_bucket, stores_to_close):
     primary = open_store(s3_config(s3_server, s3_bucket))
     secondary = open_store(gcs_config(gcs_env, gcs_bucket))

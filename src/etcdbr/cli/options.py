@@ -243,6 +243,12 @@ GROUPS: dict[str, list[Opt]] = {
             "Safety guard: skip orphan deletion when a run would delete more than this share of the secondary."),
         Opt("backup-sync-shutdown-grace", "sync.shutdown_grace", parse_duration, timedelta(seconds=30),
             "On shutdown, how long in-flight copies get to abort their uploads."),
+        Opt("backup-sync-verify", "sync.verify", choice("content", "metadata"), "content",
+            "How a copy is verified before it counts. content: the copy is read back and its size and SHA-256 must "
+            "equal those of the primary's bytes (a server-side copy reads the primary's object too). metadata: a "
+            "server-side copy counts when the service reports the same size and content digest (S3 ETag) for both "
+            "objects, as rclone checks, without downloading them; copies the service cannot vouch for that way "
+            "(streamed between providers, SSE-C/KMS, differing digests) are still verified by content."),
     ],
     "logging": [
         Opt("log-level", "log_level", log_level, "info", "debug, info, warning or error (or the Go tool's 0-6)."),

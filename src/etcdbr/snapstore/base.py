@@ -57,7 +57,7 @@ class ObjectAttrs:
 
 
 #: Public calls before which rotated credentials are picked up.
-_RELOADING_CALLS = ("check", "list", "save", "fetch", "delete", "copy_from")
+_RELOADING_CALLS = ("check", "list", "save", "fetch", "delete", "copy_from", "content_fingerprint")
 #: Old client states kept open after a rotation, for calls still running on them.
 _RETIRED_KEPT = 2
 
@@ -165,6 +165,12 @@ class SnapStore(abc.ABC):
 
     def copy_from(self, other: "SnapStore", src: Snapshot, dst: Snapshot) -> bool:
         return False
+
+    def content_fingerprint(self, snapshot: Snapshot) -> tuple[int, str] | None:
+        """(size, digest) as the service reports them for the stored object, where the digest
+        is derived from the content and a server-side copy of the object reports the same one;
+        None when this provider (or this object's encryption) offers no such digest."""
+        return None
 
     def close(self) -> None:
         """Release clients and pools."""

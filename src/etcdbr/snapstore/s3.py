@@ -524,6 +524,21 @@ class S3Store(SnapStore):
             raise self._error(exc, src_key, bucket=other.bucket) from exc
         return True
 
+    def content_fingerprint(self, snapshot: Snapshot) -> tuple[int, str] | None:
+        """Size and ETag. The ETag is the MD5 of the content (or of the part MD5s, "-N") except
+        under SSE-C or SSE-KMS, where it is not derived from the content and None is returned."""
+        if self._sse:
+            return None
+        key = self.object_key(snapshot)
+        target = {"Bucket": self.bucket, "Key": key}
+        if snapshot.version_id:
+            target["VersionId"] = snapshot.version_id
+        head = self._head(target, key)
+        if head.get("SSECustomerAlgorithm") or head.get("ServerSideEncryption") == "aws:kms":
+            return None
+        etag = str(head.get("ETag") or "").strip('"')
+        return (int(head["ContentLength"]), etag) if etag else None
+
     def _multipart_copy(self, source: dict, source_sse: dict, dst_key: str, size: int) -> None:
         part_size = max(COPY_PART_SIZE, -(-size // self.max_parts))
         ranges = [(n + 1, start, min(start + part_size, size) - 1) for n, start in enumerate(range(0, size, part_size))]
