@@ -43,6 +43,7 @@ from pathlib import Path
 from .. import metrics
 from ..config import Config
 from ..errors import ConfigError, EtcdbrError, RestoreError
+from ..fsutil import fsync_tree
 from .binaries import EtcdRelease, find_release
 from .embedded import EmbeddedEtcd
 from .membership import (ClusterView, MemberReplacer, cluster_size, manual_replacement, parse_initial_cluster,
@@ -320,6 +321,11 @@ class Initializer:
                                   revision=validation.revision)
             finally:
                 member.stop()
+                try:  # the temporary member ran without fsync on the member's own data dir
+                    fsync_tree(data_dir)
+                except OSError as exc:
+                    log.warning("could not flush the data dir after the WAL replay",
+                                extra={"data_dir": str(data_dir), "error": exc.strerror or str(exc)})
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if latest is not None and revision < latest:

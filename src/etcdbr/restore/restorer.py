@@ -38,7 +38,7 @@ import grpc
 
 from .. import metrics
 from ..config import RestorationConfig
-from ..fsutil import fsync_dir
+from ..fsutil import fsync_dir, fsync_tree
 from ..readahead import ReadAhead
 from ..errors import EtcdbrError, IntegrityError, RestoreError, StoreError
 from ..snapshot import Snapshot, chain_gaps, latest_chain
@@ -281,6 +281,10 @@ class Restorer:
         try:
             revision, member = self.build(part, chain, work)
             assert member is None
+            try:
+                fsync_tree(part)
+            except OSError as exc:
+                raise RestoreError(f"cannot flush the restored data dir {part} to disk: {exc.strerror or exc}") from exc
             swap_in(part, data_dir)
         except BaseException:
             shutil.rmtree(part, ignore_errors=True)
