@@ -142,6 +142,7 @@ class Snapshotter:
         self._progress = asyncio.Event()
         self._full_required_reason = ""
         self._last_full_failed = False
+        self._full_creds_generation: int | None = None  # credentials generation of the last full
         self.active = False
         #: True once the startup snapshot (full or catch-up delta) is done and the loop runs (health)
         self.ready = False
@@ -209,6 +210,7 @@ class Snapshotter:
             await self._stop_watch()
             started = time.monotonic()
             try:
+                generation = await asyncio.to_thread(lambda: self.store.credentials_generation)
                 snap, exact, etcd_bytes, stored = await self._upload_full(client, final)
             except BaseException as exc:
                 self._last_full_failed = True
@@ -221,6 +223,7 @@ class Snapshotter:
                     self._start_watch()  # the buffer is intact; keep collecting from where it was
                 raise
             self._last_full_failed = False
+            self._full_creds_generation = generation
             self.last_full_exact = exact
             self._full_required_reason = ""
             self._prev = self._prev_full = snap
@@ -266,6 +269,8 @@ class Snapshotter:
         self._pending = []
         self._full_required_reason = ""
         try:
+            if self._full_creds_generation is None:  # rotations from now on call for a full snapshot
+                self._full_creds_generation = await asyncio.to_thread(lambda: self.store.credentials_generation)
             await self._startup(stop, full_at_start)
             self.ready = True
             await self._loop(stop)
@@ -394,6 +399,8 @@ class Snapshotter:
                     full_retry_at = self._clock() + delay
                 continue
             if delta_due(now):
+                if await self._credentials_rotated():
+                    continue
                 try:
                     await self.take_delta_snapshot()
                     delta_failures, delta_retry_at = 0, 0.0
@@ -420,6 +427,20 @@ class Snapshotter:
     def _next_full_time(self) -> float:
         now = datetime.fromtimestamp(self._clock(), tz=timezone.utc)
         return _next_run(self.sconfig.schedule, now).timestamp()
+
+    async def _credentials_rotated(self) -> bool:
+        """Require a full snapshot when the store's credentials were rotated since the last full
+        one (checked before each delta, as the Go tool does)."""
+        if self._full_creds_generation is None:
+            return False
+        try:
+            generation = await asyncio.to_thread(lambda: self.store.credentials_generation)
+        except Exception:  # noqa: BLE001 - the delta's own store calls will report it
+            return False
+        if generation == self._full_creds_generation:
+            return False
+        self._require_full("snapstore credentials changed")
+        return True
 
     def _require_full(self, reason: str) -> None:
         if not self._full_required_reason:

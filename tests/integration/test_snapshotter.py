@@ -760,3 +760,51 @@ def test_full_snapshot_memory_is_bounded_for_a_big_db(etcd_factory, s3_server, s
     growth = (peak[0] - baseline) / mib
     assert growth < 150, f"RSS grew by {growth:.0f} MiB while streaming a {stored / mib:.0f} MiB snapshot"
     assert db_revision(etcd, store, snap, tmp_path) == snap.last_revision
+
+
+def test_rotated_store_credentials_lead_to_a_full_snapshot(etcd_factory, s3_server, s3_bucket, tmp_path,
+                                                           monkeypatch, caplog):
+    # The Go tool takes a full snapshot when the credential files change: new credentials may
+    # mean a new account or bucket, whose chain must start with a full snapshot.
+    creds = tmp_path / "aws.json"
+
+    def write_creds(**extra):
+        creds.write_text(json.dumps({"accessKeyID": s3_server.access_key, "secretAccessKey": s3_server.secret_key,
+                                     "region": s3_server.region, **extra}))
+
+    write_creds()
+    monkeypatch.delenv("AWS_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("AWS_APPLICATION_CREDENTIALS_JSON", str(creds))
+    store = open_store(StoreConfig(provider="S3", container=s3_bucket, prefix="etcd/rotation",
+                                   endpoint_override=s3_server.endpoint, temp_dir=str(tmp_path)))
+    store.check()
+    etcd = etcd_factory()
+    config = make_config(etcd, store, delta_period=1.0)
+    writer = Writer(etcd.client_url, pace=0.01)
+
+    async def scenario():
+        snapper = Snapshotter(store, config)
+        stop_writer, stop = asyncio.Event(), asyncio.Event()
+        writing = asyncio.create_task(writer.run(stop_writer))
+        running = asyncio.create_task(snapper.run(stop, full_at_start=True))
+        await wait_until(lambda: snapper.latest()[0] is not None and len(snapper.latest()[1]) >= 2, 30,
+                         "a full snapshot and two deltas")
+        first_full = snapper.latest()[0]
+        write_creds(s3ForcePathStyle=True)  # same account, rewritten file: a rotation all the same
+        await wait_until(lambda: snapper.latest()[0] != first_full, 30, "a full snapshot after the rotation")
+        await wait_until(lambda: len(snapper.latest()[1]) >= 1, 30, "a delta after that full snapshot")
+        stop_writer.set()
+        await writing
+        stop.set()
+        await running
+        await snapper.close()
+        return first_full
+
+    with caplog.at_level("INFO", logger="etcdbr"):
+        first_full = asyncio.run(scenario())
+    fulls = [s for s in store.list() if s.is_full]
+    assert len(fulls) == 2 and fulls[0].snap_name == first_full.snap_name
+    reasons = [getattr(r, "reason", None) for r in caplog.records if r.getMessage() == "taking a full snapshot"]
+    assert "snapstore credentials changed" in reasons
+    assert "credentials changed; store clients rebuilt" in caplog.text
+    store.close()

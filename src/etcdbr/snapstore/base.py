@@ -212,7 +212,16 @@ class SnapStore(abc.ABC):
             while len(retired) > _RETIRED_KEPT:
                 self._close_state(retired.pop(0))
             self._retired_states = retired
+            self._creds_generation = old_state.get("_creds_generation", 0) + 1
         log.info("credentials changed; store clients rebuilt", extra={"store": self.display})
+
+    @property
+    def credentials_generation(self) -> int:
+        """How many rotations of the credential files this store has taken up; the files are
+        checked (and a rotation taken up) first. The snapshotter takes a new full snapshot when
+        it changes, as the Go tool does: new credentials may well mean a new account."""
+        self._reload_if_rotated()
+        return self.__dict__.get("_creds_generation", 0)
 
     def _close_state(self, state: dict) -> None:
         shell = object.__new__(type(self))
