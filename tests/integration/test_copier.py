@@ -374,6 +374,47 @@ def own_s3(tmp_path):
     server.cleanup()
 
 
+def test_refused_server_side_copy_falls_back_to_streaming(tmp_path, monkeypatch, caplog, stores_to_close):
+    # The secondary's credentials may write their own bucket but not read the primary's: the
+    # service refuses CopyObject, and the copier must stream the bytes (read with the primary's
+    # credentials) instead, verified all the same.
+    primary_bucket, secondary_bucket = unique_name("prim"), unique_name("sec")
+    limited = {"name": "secondary-only", "credentials": [{"accessKey": "SECONDARYONLY", "secretKey": "s" * 40}],
+               "actions": [f"{a}:{secondary_bucket}" for a in ("Read", "Write", "List")]}
+    server = S3Server(tmp_path / "s3-two-identities", extra_identities=[limited])
+    server.start()
+    try:
+        server.create_bucket(primary_bucket)
+        server.create_bucket(secondary_bucket)
+        for prefix, key, secret in (("", server.access_key, server.secret_key),
+                                    ("SECONDARY_", "SECONDARYONLY", "s" * 40)):
+            path = tmp_path / f"{prefix or 'PRIMARY_'}aws.json"
+            path.write_text(json.dumps({"accessKeyID": key, "secretAccessKey": secret, "region": server.region}))
+            monkeypatch.setenv(f"{prefix}AWS_APPLICATION_CREDENTIALS_JSON", str(path))
+        primary = open_store(s3_config(server, primary_bucket))
+        secondary = open_store(s3_config(server, secondary_bucket, prefix="etcd", env_prefix="SECONDARY_"))
+        stores_to_close.extend([primary, secondary])
+        assert primary.service_identity == secondary.service_identity  # so a server-side copy is tried
+        seed(primary, n_deltas=2, big=6 * MiB)
+
+        async def scenario():
+            copier = BackupCopier(primary, secondary, sync_config())
+            try:
+                return await copier.sync_once()
+            finally:
+                await copier.stop(1)
+
+        with caplog.at_level(logging.INFO):
+            result = asyncio.run(scenario())
+        assert result.ok and len(result.copied) == 3, result.to_json()
+        refused = [r for r in caplog.records if r.getMessage() == "server-side copy refused; streaming instead"]
+        assert len(refused) == 3
+        assert digest_map(secondary) == digest_map(primary)
+    finally:
+        server.stop(grace=2)
+        server.cleanup()
+
+
 def test_secondary_outage_leaves_primary_unaffected_and_catches_up(s3_server, s3_bucket, s3_creds, own_s3, tmp_path,
                                                                     monkeypatch, caplog, stores_to_close):
     creds = tmp_path / "own.json"

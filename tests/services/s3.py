@@ -80,8 +80,12 @@ class S3Server(Service):
         weed_bin: Path | str | None = None,
         volume_size_limit_mb: int = 64,
         startup_timeout: float | None = None,
+        extra_identities: list[dict] | None = None,
     ):
         super().__init__(workdir, startup_timeout=startup_timeout)
+        #: more identities in SeaweedFS's format ({"name", "credentials": [{accessKey, secretKey}],
+        #: "actions": ["Read:bucket", ...]}), e.g. one limited to some buckets
+        self.extra_identities = list(extra_identities or [])
         self.weed_bin = Path(weed_bin) if weed_bin else find_weed()
         self.access_key = access_key
         self.secret_key = secret_key
@@ -127,7 +131,8 @@ class S3Server(Service):
                     "name": "etcdbr-test",
                     "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                *self.extra_identities,
             ]
         }
         self.config_path.write_text(json.dumps(cfg, indent=2))

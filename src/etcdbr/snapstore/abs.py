@@ -303,9 +303,7 @@ class ABSStore(SnapStore):
                 log.warning("could not discard staged blocks",
                             extra={"store": self.display, "key": dst_key, "error": str(cleanup)})
             if isinstance(exc, PermissionDenied):
-                log.info("server-side copy refused; streaming instead",
-                         extra={"store": self.display, "source": other.display, "key": src_key, "error": exc.reason})
-                return False
+                return self._copy_refused(other, src_key, exc.reason)
             raise
         return True
 

@@ -166,6 +166,13 @@ class SnapStore(abc.ABC):
     def copy_from(self, other: "SnapStore", src: Snapshot, dst: Snapshot) -> bool:
         return False
 
+    def _copy_refused(self, other: "SnapStore", src_key: str, reason: str) -> bool:
+        """Log that the service refused a server-side copy (the credentials of this store cannot
+        read the source); False tells the copier to stream the bytes instead."""
+        log.info("server-side copy refused; streaming instead",
+                 extra={"store": self.display, "source": other.display, "key": src_key, "error": reason})
+        return False
+
     def content_fingerprint(self, snapshot: Snapshot) -> tuple[int, str] | None:
         """(size, digest) as the service reports them for the stored object, where the digest
         is derived from the content and a server-side copy of the object reports the same one;

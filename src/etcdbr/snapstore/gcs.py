@@ -442,9 +442,7 @@ class GCSStore(SnapStore):
         except Exception as exc:
             mapped = self._error(exc, src_key, bucket=other.bucket_name)
             if isinstance(mapped, PermissionDenied):
-                log.info("server-side copy refused; streaming instead",
-                         extra={"store": self.display, "source": other.display, "key": src_key, "error": mapped.reason})
-                return False
+                return self._copy_refused(other, src_key, mapped.reason)
             raise mapped from exc
         return True
 

@@ -508,15 +508,11 @@ class S3Store(SnapStore):
             else:
                 self._multipart_copy(source, source_sse, dst_key, size)
         except PermissionDenied as exc:
-            log.info("server-side copy refused; streaming instead",
-                     extra={"store": self.display, "source": other.display, "key": src_key, "error": exc.reason})
-            return False
+            return self._copy_refused(other, src_key, exc.reason)
         except ClientError as exc:
             mapped = self._error(exc, src_key, bucket=other.bucket)
             if isinstance(mapped, PermissionDenied):
-                log.info("server-side copy refused; streaming instead",
-                         extra={"store": self.display, "source": other.display, "key": src_key, "error": mapped.reason})
-                return False
+                return self._copy_refused(other, src_key, mapped.reason)
             raise mapped from exc
         except StoreError:
             raise
