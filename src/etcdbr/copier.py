@@ -12,7 +12,7 @@ Contract (``spec/dual-endpoint.md``; the log sentences below are the ones operat
 * A copy counts only once verified: the destination is read back and its size and SHA-256 must
   equal those of the source bytes. A failed verification deletes the bad copy. With
   ``--backup-sync-verify=metadata`` a server-side copy counts without downloads when the service
-  reports the same size and content digest (S3 ETag) for both objects; else it is read back.
+  reports the same size and content digest (S3 ETag, GCS CRC32C) for both objects; else it is read back.
 * Copies are written under the secondary's prefix with ``.final`` stripped from the name, as the
   Go copier does (a WORM bucket accepts a name once; the key ignores the suffix anyway).
 * Orphan deletion honours immutability and a safety guard: nothing is deleted when the primary

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import tracemalloc
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -290,17 +291,31 @@ def _count_fetches(store) -> list[str]:
 
 
 @pytest.mark.parametrize("digests_agree", [True, False])
+@pytest.mark.parametrize("provider", ["S3", "GCS"])
 def test_metadata_verification_trusts_the_services_digest_only_when_it_agrees(
-        digests_agree, s3_server, s3_creds, caplog, stores_to_close):
-    b1, b2 = s3_server.create_bucket(unique_name("prim")), s3_server.create_bucket(unique_name("sec"))
-    primary = open_store(s3_config(s3_server, b1))
-    secondary = open_store(s3_config(s3_server, b2, prefix="etcd", env_prefix="SECONDARY_"))
+        provider, digests_agree, request, caplog, stores_to_close):
+    if provider == "S3":
+        server = request.getfixturevalue("s3_server")
+        request.getfixturevalue("s3_creds")
+        b1, b2 = server.create_bucket(unique_name("prim")), server.create_bucket(unique_name("sec"))
+        primary = open_store(s3_config(server, b1))
+        secondary = open_store(s3_config(server, b2, prefix="etcd", env_prefix="SECONDARY_"))
+    else:
+        server = request.getfixturevalue("gcs_env")
+        b1, b2 = server.create_bucket(unique_name("prim")), server.create_bucket(unique_name("sec"))
+        primary = open_store(replace(gcs_config(server, b1, prefix="etcd"), env_prefix=""))
+        secondary = open_store(gcs_config(server, b2, prefix="etcd"))
     stores_to_close.extend([primary, secondary])
-    seed(primary, n_deltas=2, big=6 * MiB)  # the full is a multipart object ("<md5>-2" ETag)
+    assert primary.service_identity == secondary.service_identity
+    # the full is a multipart object (S3: "<md5>-2" ETag; GCS: composed, CRC32C only)
+    seed(primary, n_deltas=2, big=6 * MiB)
     from_primary, from_secondary = _count_fetches(primary), _count_fetches(secondary)
     if not digests_agree:  # as if the service reported a digest of other bytes for the copies
         real = secondary.content_fingerprint
         secondary.content_fingerprint = lambda snap: (real(snap)[0], "0" * 32)
+    else:  # the service vouches for these copies
+        for snap in primary.list():
+            assert primary.content_fingerprint(snap) is not None
 
     async def scenario():
         copier = BackupCopier(primary, secondary, sync_config(verify="metadata"))

@@ -246,7 +246,7 @@ GROUPS: dict[str, list[Opt]] = {
         Opt("backup-sync-verify", "sync.verify", choice("content", "metadata"), "content",
             "How a copy is verified before it counts. content: the copy is read back and its size and SHA-256 must "
             "equal those of the primary's bytes (a server-side copy reads the primary's object too). metadata: a "
-            "server-side copy counts when the service reports the same size and content digest (S3 ETag) for both "
+            "server-side copy counts when the service reports the same size and content digest (S3 ETag, GCS CRC32C) for both "
             "objects, as rclone checks, without downloading them; copies the service cannot vouch for that way "
             "(streamed between providers, SSE-C/KMS, differing digests) are still verified by content."),
     ],

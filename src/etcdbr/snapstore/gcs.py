@@ -421,6 +421,17 @@ class GCSStore(SnapStore):
         self._delete_many(names)
 
     # -- server-side copy --------------------------------------------------------------------
+    def content_fingerprint(self, snapshot: Snapshot) -> tuple[int, str] | None:
+        """Size and CRC32C: GCS computes the CRC32C of every object's bytes itself, composed and
+        rewritten ones included, so a good copy reports the source's."""
+        key = self.object_key(snapshot)
+        blob = self._call(key, self.bucket.get_blob, key, timeout=TIMEOUT, retry=self._retry)
+        if blob is None:
+            raise ObjectNotFound("no such object", endpoint=self.display, key=key)
+        if not blob.crc32c or blob.size is None:
+            return None
+        return int(blob.size), "crc32c:" + blob.crc32c
+
     def copy_from(self, other: SnapStore, src: Snapshot, dst: Snapshot) -> bool:
         """Rewrite inside GCS when ``other`` is on the same endpoint; False to make the caller stream.
 
