@@ -303,3 +303,16 @@ def test_replay_resumes_exactly_when_an_applied_transaction_reports_an_error(ref
     assert calls["lost"] > 100
     assert result.stderr.count("replay resumes after an out-of-order or failed transaction") >= calls["lost"]
     assert_matches_source(ref, data_dir)
+
+
+def test_replay_goes_on_pipelining_after_a_restart_for_larger_limits_mid_delta(ref, tmp_path):
+    # --max-txn-ops=3 is below the workload's multi-key transactions (up to 7 keys), spread all
+    # through the deltas: the temporary etcd is restarted with larger limits in the middle of a
+    # delta, and the transactions after it must go to the restarted member.
+    store = local_store(tmp_path / "bucket")
+    sf.copy_snapshots(ref.store(), store)
+    data_dir = tmp_path / "member.etcd"
+    result = run(restore_args(ref, data_dir, tmp_path, *local_flags(tmp_path / "bucket"), "--max-txn-ops=3"))
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("lands as one revision") >= 2
+    assert_matches_source(ref, data_dir)

@@ -511,8 +511,6 @@ class Restorer:
         revision goes alone through :meth:`_apply_revision` (which handles quota and limits), so
         the replay always makes progress or stops with that revision's error.
         """
-        client = member.client
-        assert client is not None
         first = groups[0][0]
         guard = self._next_guard  # holds once ``revision`` is applied (None: unknown)
         inflight: deque = deque()
@@ -524,8 +522,9 @@ class Restorer:
                     if inflight:
                         break  # goes alone, once the ones in flight have landed
                     revision = self._apply_revision(member, rev, ops, where)
-                else:
-                    inflight.append((rev, client.txn_future(ops, [guard])))
+                else:  # member.client afresh each time: a restart for larger limits replaces it
+                    assert member.client is not None
+                    inflight.append((rev, member.client.txn_future(ops, [guard])))
                 guard = after
                 i += 1
             if not inflight:
@@ -548,7 +547,8 @@ class Restorer:
                 except grpc.RpcError:
                     pass
             inflight.clear()
-            reached = client.revision()
+            assert member.client is not None
+            reached = member.client.revision()
             if not revision <= reached <= groups[i - 1][0]:
                 raise RestoreError(f"mismatched event revision in delta snapshot {where}: etcd is at revision "
                                    f"{reached} while revisions {revision + 1}-{groups[i - 1][0]} were being applied")
