@@ -78,6 +78,18 @@ def sync_config(**kw) -> SyncConfig:
     return SyncConfig(**base)
 
 
+def run_sync_once(primary, secondary, **config):
+    """One BackupCopier.sync_once between the two stores, the copier stopped afterwards."""
+    async def scenario():
+        copier = BackupCopier(primary, secondary, sync_config(**config))
+        try:
+            return await copier.sync_once()
+        finally:
+            await copier.stop(1)
+
+    return asyncio.run(scenario())
+
+
 @pytest.fixture
 def stores_to_close():
     opened = []
@@ -268,14 +280,7 @@ def test_same_s3_server_copies_server_side_and_verifies(s3_server, s3_creds, cap
     real_save = secondary.save
     secondary.save = lambda snap, stream: streamed.append(snap.snap_name) or real_save(snap, stream)
 
-    async def scenario():
-        copier = BackupCopier(primary, secondary, sync_config())
-        try:
-            return await copier.sync_once()
-        finally:
-            await copier.stop(1)
-
-    result = asyncio.run(scenario())
+    result = run_sync_once(primary, secondary)
     assert result.ok and len(result.copied) == 3
     assert server_side == [True, True, True] and streamed == []
     assert digest_map(secondary) == digest_map(primary)
@@ -317,15 +322,8 @@ def test_metadata_verification_trusts_the_services_digest_only_when_it_agrees(
         for snap in primary.list():
             assert primary.content_fingerprint(snap) is not None
 
-    async def scenario():
-        copier = BackupCopier(primary, secondary, sync_config(verify="metadata"))
-        try:
-            return await copier.sync_once()
-        finally:
-            await copier.stop(1)
-
     with caplog.at_level(logging.INFO, logger="etcdbr.copier"):
-        result = asyncio.run(scenario())
+        result = run_sync_once(primary, secondary, verify="metadata")
     assert result.ok and len(result.copied) == 3
     fallbacks = [m for m in messages(caplog) if "verifying by content" in m]
     if digests_agree:
@@ -412,15 +410,8 @@ def test_refused_server_side_copy_falls_back_to_streaming(tmp_path, monkeypatch,
         assert primary.service_identity == secondary.service_identity  # so a server-side copy is tried
         seed(primary, n_deltas=2, big=6 * MiB)
 
-        async def scenario():
-            copier = BackupCopier(primary, secondary, sync_config())
-            try:
-                return await copier.sync_once()
-            finally:
-                await copier.stop(1)
-
         with caplog.at_level(logging.INFO):
-            result = asyncio.run(scenario())
+            result = run_sync_once(primary, secondary)
         assert result.ok and len(result.copied) == 3, result.to_json()
         refused = [r for r in caplog.records if r.getMessage() == "server-side copy refused; streaming instead"]
         assert len(refused) == 3
