@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -135,21 +135,58 @@ def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_driver(module: str, args: Sequence[str], env: dict[str, str] | None = None, *,
-               profile_to: Path | None = None, timeout: float = 3600) -> dict:
-    """Run ``python -m bench.drivers.<module> ARGS``; return the JSON of its last stdout line.
-
-    With ``profile_to``, the driver runs under ``py-spy record`` (speedscope output there)."""
+def _driver_cmd(module: str, args: Sequence[str], profile_to: Path | None) -> list[str]:
     cmd = [python(), "-m", f"bench.drivers.{module}", *args]
     if profile_to is not None:
         spy = Path(python()).parent / "py-spy"
         cmd = [str(spy), "record", "--subprocesses", "--rate", "50", "--format", "speedscope",
                "-o", str(profile_to), "--", *cmd]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=bench_env(env), timeout=timeout)
-    lines = [ln for ln in res.stdout.strip().splitlines() if ln.startswith("{")]
-    if res.returncode != 0 or not lines:
-        raise RuntimeError(f"driver {module} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
+    return cmd
+
+
+def _driver_result(module: str, code: int | None, out: str, err: str) -> dict:
+    lines = [ln for ln in out.strip().splitlines() if ln.startswith("{")]
+    if code != 0 or not lines:
+        raise RuntimeError(f"driver {module} failed ({code}):\n{out[-3000:]}\n{err[-5000:]}")
     return json.loads(lines[-1])
+
+
+def run_driver(module: str, args: Sequence[str], env: dict[str, str] | None = None, *,
+               profile_to: Path | None = None, timeout: float = 3600) -> dict:
+    """Run ``python -m bench.drivers.<module> ARGS``; return the JSON of its last stdout line.
+
+    With ``profile_to``, the driver runs under ``py-spy record`` (speedscope output there)."""
+    res = subprocess.run(_driver_cmd(module, args, profile_to), capture_output=True, text=True, cwd=ROOT,
+                         env=bench_env(env), timeout=timeout)
+    return _driver_result(module, res.returncode, res.stdout, res.stderr)
+
+
+def run_driver_during(module: str, args: Sequence[str], env: dict[str, str] | None, during: Callable[[], dict],
+                      *, ready: Path, stop: Path, profile_to: Path | None = None, ready_timeout: float = 120,
+                      timeout: float = 600) -> tuple[dict, dict]:
+    """Run a driver in the background around ``during()``: the driver creates ``ready`` when it
+    is ready, ``during()`` then runs (a load, returning a dict with the ``revision`` it reached),
+    and writing that revision to ``stop`` makes the driver finish. Returns (``during()``'s result,
+    the driver's JSON)."""
+    for f in (ready, stop):
+        f.unlink(missing_ok=True)
+    proc = subprocess.Popen(_driver_cmd(module, [*args, "--ready-file", str(ready), "--stop-file", str(stop)],
+                                        profile_to),
+                            cwd=ROOT, env=bench_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"driver {module} not ready: {proc.stderr.read()[-3000:]}")
+            time.sleep(0.05)
+        result = during()
+        stop.write_text(str(result["revision"]))
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return result, _driver_result(module, proc.returncode, out, err)
 
 
 def timed(cmd: Sequence[str], env: dict[str, str] | None = None, timeout: float = 3600) -> float:

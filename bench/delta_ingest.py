@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 
 from bench import profiling
-from bench.common import (ROOT, Ctx, Row, bench_env, etcd, etcdctl, log, median, pct, python, run_driver, s3, save_raw)
+from bench.common import Ctx, Row, etcd, etcdctl, log, median, pct, run_driver, run_driver_during, s3, save_raw
 
 NAME = "delta_ingest"
 MAX_LOSS = 0.10
@@ -25,37 +24,13 @@ def load(srv, duration: float) -> dict:
 
 
 def with_snapshotter(ctx: Ctx, s, duration: float, i: int, profile: bool) -> tuple[dict, dict]:
-    ready, stop = ctx.work / f"ingest-ready-{i}", ctx.work / f"ingest-stop-{i}"
-    for f in (ready, stop):
-        f.unlink(missing_ok=True)
     with etcd() as srv:
         spec = json.dumps(s.store_spec(s.bucket("ingest")))
-        cmd = [python(), "-m", "bench.drivers.delta_ingest", "--endpoint", srv.client_url, "--store", spec,
-               "--ready-file", str(ready), "--stop-file", str(stop)]
-        prof = ctx.work / f"profile-{NAME}.speedscope.json"
-        if profile:
-            cmd = [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--rate", "50", "--format", "speedscope",
-                   "-o", str(prof), "--", *cmd]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env(s.env()), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 120
-            while not ready.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"delta_ingest driver not ready: {proc.stderr.read()[-3000:]}")
-                time.sleep(0.05)
-            l = load(srv, duration)
-            stop.write_text(str(l["revision"]))
-            out, err = proc.communicate(timeout=300)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"delta_ingest driver failed ({proc.returncode}): {err[-3000:]}")
-        d = json.loads(lines[-1])
-        if profile:
+        prof = ctx.work / f"profile-{NAME}.speedscope.json" if profile else None
+        l, d = run_driver_during("delta_ingest", ["--endpoint", srv.client_url, "--store", spec], s.env(),
+                                 lambda: load(srv, duration), ready=ctx.work / f"ingest-ready-{i}",
+                                 stop=ctx.work / f"ingest-stop-{i}", profile_to=prof, timeout=300)
+        if prof is not None:
             d["profile"] = str(prof)
         return l, d
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 
 from bench import profiling
-from bench.common import (ROOT, GiB, MiB, Ctx, Row, bench_env, check_free, etcd, etcd_bin_dir, etcdutl, fill_etcd,
-                          log, median, python, ratio, run_driver, s3, save_raw, secs, timed)
+from bench.common import (GiB, MiB, Ctx, Row, check_free, etcd, etcd_bin_dir, etcdutl, fill_etcd, log, median,
+                          ratio, run_driver, run_driver_during, s3, save_raw, secs, timed)
 
 NAME = "restore"
 TARGET_FULL = 1.3
@@ -25,33 +24,15 @@ TARGET_EVENTS = 30_000
 
 
 def generate(ctx: Ctx, s, bucket: str, full_size: int, events: int) -> dict:
-    ready, stop = ctx.work / "restore-gen-ready", ctx.work / "restore-gen-stop"
-    for f in (ready, stop):
-        f.unlink(missing_ok=True)
     with etcd() as srv:
         t0 = time.monotonic()
         filled = fill_etcd(srv.client_url, full_size)
         spec = json.dumps(s.store_spec(bucket))
-        proc = subprocess.Popen([python(), "-m", "bench.drivers.delta_ingest", "--endpoint", srv.client_url,
-                                 "--store", spec, "--ready-file", str(ready), "--stop-file", str(stop), "--flush"],
-                                cwd=ROOT, env=bench_env(s.env()), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        try:
-            while not ready.exists():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"snapshotter failed: {proc.stderr.read()[-3000:]}")
-                time.sleep(0.05)
-            load = run_driver("load", ["--endpoint", srv.client_url, "--duration", "3600", "--count", str(events),
-                                       "--window", "128"])
-            stop.write_text(str(load["revision"]))
-            out, err = proc.communicate(timeout=600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        if proc.returncode != 0:
-            raise RuntimeError(f"snapshotter failed: {err[-3000:]}")
-    d = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
+        load, d = run_driver_during(
+            "delta_ingest", ["--endpoint", srv.client_url, "--store", spec, "--flush"], s.env(),
+            lambda: run_driver("load", ["--endpoint", srv.client_url, "--duration", "3600", "--count", str(events),
+                                        "--window", "128"]),
+            ready=ctx.work / "restore-gen-ready", stop=ctx.work / "restore-gen-stop", ready_timeout=600)
     info = {"db_size": filled["db_size"], "puts": load["puts"], "final_revision": load["revision"],
             "deltas": d["deltas"], "seconds": round(time.monotonic() - t0, 1)}
     log(f"{NAME}: chain generated: {info}")
