@@ -104,12 +104,14 @@ def fast_open(config):
 class _Env:
     provider = ""
 
-    def __init__(self, tmp_path: Path, monkeypatch) -> None:
+    def __init__(self, server, bucket: str, tmp_path: Path, monkeypatch) -> None:
+        self.server = server
+        self.bucket = bucket
+        self.endpoint = server.endpoint
+        self.client = server.client()
         self.tmp_path = tmp_path
         self.monkeypatch = monkeypatch
         self.stores = []
-
-    endpoint = ""
 
     def config(self, prefix: str = "etcd", *, endpoint: str | None = None, parallel: int = 2,
                env_prefix: str = "", temp_dir: str | None = None) -> StoreConfig:
@@ -139,11 +141,7 @@ class S3Env(_Env):
     provider = "S3"
 
     def __init__(self, server, bucket: str, tmp_path: Path, monkeypatch) -> None:
-        super().__init__(tmp_path, monkeypatch)
-        self.server = server
-        self.bucket = bucket
-        self.endpoint = server.endpoint
-        self.client = server.client()
+        super().__init__(server, bucket, tmp_path, monkeypatch)
         self.creds_path = tmp_path / "aws-credentials.json"
         self.write_credentials()
         monkeypatch.delenv("AWS_APPLICATION_CREDENTIALS", raising=False)
@@ -183,11 +181,7 @@ class GCSEnv(_Env):
     provider = "GCS"
 
     def __init__(self, server, bucket: str, tmp_path: Path, monkeypatch) -> None:
-        super().__init__(tmp_path, monkeypatch)
-        self.server = server
-        self.bucket = bucket
-        self.endpoint = server.endpoint
-        self.client = server.client()
+        super().__init__(server, bucket, tmp_path, monkeypatch)
         monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.endpoint)
 

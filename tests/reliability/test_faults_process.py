@@ -52,6 +52,21 @@ def _stop(proc: subprocess.Popen, timeout: float = 60) -> int:
         raise AssertionError(f"no exit within {timeout}s of SIGTERM")
 
 
+def _stop_interrupted(proc: subprocess.Popen, busy, what: str, log_path: Path) -> int:
+    """SIGTERM ``proc`` once ``busy()`` holds; it must exit 130 saying "interrupted", without a
+    traceback. Returns the exit code."""
+    try:
+        wait_for(busy, 60, what=what)
+        code = _stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert code == 130 and log.rstrip().endswith("interrupted"), log[-3000:]
+    return code
+
+
 @pytest.fixture(scope="module")
 def chain_store(tmp_path_factory):
     """A real chain (full + 3 deltas) of a private etcd holding ~6 MiB, in a Local store."""
@@ -141,15 +156,8 @@ def test_sigterm_during_a_copy(chain_store, s3env, tmp_path, outcome):
                           f"--source-store-prefix={chain_store['prefix']}", "--max-parallel-copy-operations=1",
                           *s3env.cli_args(prefix="term-copy", endpoint=proxy.url())],
                          env=s3env.env(), home=tmp_path, log_path=tmp_path / "copy.log")
-        try:
-            wait_for(lambda: proxy.stats.bytes_up > 512 * 1024, 60, what="the copy to be uploading")
-            code = _stop(proc)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    log = (tmp_path / "copy.log").read_text()
-    assert "Traceback" not in log, log[-3000:]
-    assert code == 130 and log.rstrip().endswith("interrupted"), log[-3000:]
+        code = _stop_interrupted(proc, lambda: proxy.stats.bytes_up > 512 * 1024, "the copy to be uploading",
+                                 tmp_path / "copy.log")
     store = s3env.store(prefix="term-copy")
     copied = store.list(include_all=True)
     assert len(copied) < 1 + len(chain_store["deltas"]), "the copy finished before the signal: nothing was tested"
@@ -168,15 +176,8 @@ def test_sigterm_during_a_restore(chain_store, s3env, tmp_path, outcome):
         proc = popen_cli([*_restore_args(data_dir, tmp_path), *s3env.cli_args(prefix="term-restore",
                                                                                endpoint=proxy.url())],
                          env=s3env.env(), home=tmp_path, log_path=tmp_path / "restore.log")
-        try:
-            wait_for(lambda: proxy.stats.bytes_down > 512 * 1024, 60, what="the restore to be downloading")
-            code = _stop(proc)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    log = (tmp_path / "restore.log").read_text()
-    assert "Traceback" not in log, log[-3000:]
-    assert code == 130 and log.rstrip().endswith("interrupted"), log[-3000:]
+        code = _stop_interrupted(proc, lambda: proxy.stats.bytes_down > 512 * 1024, "the restore to be downloading",
+                                 tmp_path / "restore.log")
     assert marker.read_text() == "the data dir before the restore"
     assert not (tmp_path / "member.etcd.part").exists()
     leftovers = list((tmp_path / "restore-tmp").rglob("*")) if (tmp_path / "restore-tmp").exists() else []
