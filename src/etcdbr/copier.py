@@ -21,8 +21,14 @@ Contract (``spec/dual-endpoint.md``; the log sentences below are the ones operat
   event-driven copy of a snapshot uploaded after that listing may already be on the secondary.
 * ``notify(snapshot)`` (from any thread) copies a just-uploaded snapshot at once; the periodic run
   is the safety net. A key is never copied twice at the same time.
-* ``stop(grace)`` makes in-flight copies abort their upload (the store's save then leaves
-  nothing behind) and waits at most ``grace`` seconds.
+* ``stop(grace)`` drains, then stops: no new sync run starts, but what is queued, in flight or
+  notified meanwhile (the snapshotter's final delta above all) is still copied and verified, for
+  at most ``grace`` seconds; then in-flight copies abort their upload (the store's save leaves
+  nothing behind) and every snapshot left uncopied is logged by name for the next start.
+* Outages are reported when they happen: the first failed copy or listing of an endpoint logs a
+  WARN naming it and the reason and flips its availability (metric and status); while an endpoint
+  is down the periodic run comes every ``retry_backoff`` (at most every ``period``) as a probe, and
+  the run that finds it back logs an INFO with how long it was down and how many copies caught up.
 """
 
 from __future__ import annotations
@@ -59,6 +65,10 @@ log = logging.getLogger(__name__)
 
 READ_BLOCK = 1024 * 1024
 PRIMARY, SECONDARY = "primary", "secondary"
+#: How often a drain looks again at what is left (it also wakes whenever a copy ends).
+DRAIN_POLL = 0.5
+#: Longest wait between retries of a copy while draining: the grace period is short.
+DRAIN_RETRY_WAIT = 1.0
 
 
 # -- startup ------------------------------------------------------------------------------------
@@ -304,7 +314,29 @@ class SourceGone(Exception):
     """The snapshot was deleted from the primary (by its GC) after the listing: nothing to copy."""
 
 
+class EndpointFailure(Exception):
+    """A store call of one endpoint failed during a copy: ``role`` says whose, ``cause`` what."""
+
+    def __init__(self, role: str, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.role = role
+        self.cause = cause
+
+
+def _on(role: str, fn, *args):
+    """``fn(*args)`` with any failure of the store attributed to ``role``."""
+    try:
+        return fn(*args)
+    except (CopyCancelled, SourceGone, EndpointFailure, IntegrityError, ObjectNotFound):
+        raise
+    except Exception as exc:
+        raise EndpointFailure(role, exc) from exc
+
+
 class _CancellableReader(io.RawIOBase):
+    """The primary's stream as the secondary's save reads it: stops with the copier, and a read
+    failure is the primary's (the save would otherwise look like the secondary's failure)."""
+
     def __init__(self, raw: BinaryIO, stopping: threading.Event) -> None:
         self.raw = raw
         self.stopping = stopping
@@ -315,7 +347,12 @@ class _CancellableReader(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         if self.stopping.is_set():
             raise CopyCancelled("copier stopping")
-        return self.raw.read(size) if size is not None and size >= 0 else self.raw.read()
+        try:
+            return self.raw.read(size) if size is not None and size >= 0 else self.raw.read()
+        except (CopyCancelled, EndpointFailure):
+            raise
+        except Exception as exc:
+            raise EndpointFailure(PRIMARY, exc) from exc
 
     def readinto(self, buf) -> int:
         data = self.read(len(buf))
@@ -349,6 +386,11 @@ def _reason(exc: BaseException) -> str:
     return redact(str(exc) or type(exc).__name__)
 
 
+def _is_outage(exc: BaseException) -> bool:
+    """Does this failure say the endpoint itself cannot be used (rather than one object)?"""
+    return not isinstance(exc, (ObjectNotFound, ImmutableObject, IntegrityError, CopyCancelled, SourceGone))
+
+
 def _retryable(exc: BaseException) -> bool:
     # Facts about the request (missing, refused, locked, misconfigured) do not change on retry;
     # transport failures and a copy that failed verification may.
@@ -378,8 +420,10 @@ class BackupCopier:
         self.secondary = secondary
         self.config = sync_config
         self.progress = progress
-        self._stopping = threading.Event()          # read by copy threads
-        self._stop_event: asyncio.Event | None = None
+        self._stopping = threading.Event()          # the hard stop; read by copy threads
+        self._stop_event: asyncio.Event | None = None   # the same, for waits on the loop
+        self._draining = False                      # no new runs; queued and in-flight copies go on
+        self._wake: asyncio.Event | None = None     # wakes the periodic loop (drain, recovery)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool = ThreadPoolExecutor(max(1, sync_config.concurrent_copies) + 2, thread_name_prefix="copier")
         self._slots: asyncio.Semaphore | None = None
@@ -389,14 +433,18 @@ class BackupCopier:
         self._loop_task: asyncio.Task | None = None
         self._queue: asyncio.Queue | None = None
         self._worker_task: asyncio.Task | None = None
-        # Keys known to be on the secondary (last listing + verified copies since).
+        # Keys known to be on each endpoint: the last listing, plus verified copies (secondary)
+        # and notified uploads (primary) since. Their sizes are the counts /sync/status serves.
         self._on_secondary: set[str] = set()
+        self._on_primary: set[str] = set()
+        self._listed = {PRIMARY: False, SECONDARY: False}
         # Keys copied since the current run listed the primary: never orphans of that run.
         self._copied_during_run: set[str] | None = None
         self._pending: dict[str, Snapshot] = {}
         self._queued_at: dict[str, float] = {}     # when notify() queued a key (monotonic)
         self._available = {PRIMARY: None, SECONDARY: None}
-        self._counts: dict[str, int | None] = {PRIMARY: None, SECONDARY: None}
+        self._down_since: dict[str, float] = {}    # role -> monotonic time of its first failure
+        self._recovered: dict[str, list] = {}      # role -> [seconds it was down, copies since]
         self._last_run: SyncResult | None = None
         self._last_success: float | None = None
         self._last_copy: float | None = None
@@ -410,6 +458,9 @@ class BackupCopier:
             return
         self._loop = loop
         self._stop_event = asyncio.Event()
+        if self._stopping.is_set():
+            self._stop_event.set()
+        self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max(1, self.config.concurrent_copies))
         self._run_lock = asyncio.Lock()
         self._queue = asyncio.Queue()
@@ -425,52 +476,118 @@ class BackupCopier:
         self._loop_task = asyncio.create_task(self._periodic(), name="backup-copier")
         self._worker_task = asyncio.create_task(self._notified(), name="backup-copier-events")
 
-    async def _periodic(self) -> None:
-        assert self._stop_event is not None
+    def _next_wait(self) -> float:
+        """Seconds until the next run: the period, or sooner while an endpoint is down (that run
+        is the probe that notices it is back)."""
         period = max(self.config.period.total_seconds(), 0.01)
-        while not self._stop_event.is_set():
+        if False in self._available.values():
+            return min(period, max(self.config.retry_backoff.total_seconds(), 0.01))
+        return period
+
+    async def _periodic(self) -> None:
+        assert self._wake is not None
+        while not (self._draining or self._stopping.is_set()):
             try:
                 await self.sync_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a run must never end the loop
                 log.error("sync run failed unexpectedly", extra={"error": _reason(exc)}, exc_info=True)
+            if self._draining or self._stopping.is_set():
+                return
+            self._wake.clear()  # a recovery noticed during the run was caught up by that run
             try:
-                await asyncio.wait_for(self._stop_event.wait(), timeout=period)
+                await asyncio.wait_for(self._wake.wait(), timeout=self._next_wait())
             except asyncio.TimeoutError:
                 pass
+            self._wake.clear()
+
+    def _wake_loop(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def begin_drain(self) -> None:
+        """Start no more sync runs, but keep copying what is queued and in flight, and what
+        ``notify`` hands over from now on (the snapshotter's final delta). ``stop`` finishes it."""
+        if self._draining or self._stopping.is_set():
+            return
+        self._draining = True
+        self._wake_loop()
+        if self._loop_task is not None:
+            log.info("backup copier draining: no new sync runs; copying what is queued and in flight",
+                     extra={"pending": len(self._pending), "in_flight": len(self._inflight)})
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Abort in-flight copies (their uploads are discarded) and wait at most ``grace`` seconds."""
+        """Drain, then stop: copy and verify what is queued and in flight (and whatever ``notify``
+        hands over meanwhile) for at most ``grace`` seconds, then abort what is left (aborted
+        uploads leave nothing on the secondary) and log each snapshot left behind by name."""
+        started = self._loop_task is not None
+        if started:
+            self._bind_loop()
+            self.begin_drain()
+            await self._drain(time.monotonic() + max(0.0, grace))
         self._stopping.set()
         if self._stop_event is not None:
             self._stop_event.set()
-        deadline = time.monotonic() + max(0.0, grace)
         if self._worker_task is not None:
             self._worker_task.cancel()  # it only waits for events; the copies it spawned are in _tasks
         waiting = [t for t in (self._loop_task, self._worker_task) if t is not None] + list(self._tasks)
         if waiting:
-            _, pending = await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic()))
+            # What is still running now sees the stop flag at its next read and aborts its upload.
+            _, pending = await asyncio.wait(waiting, timeout=1.0)
             for task in pending:
                 task.cancel()
             if pending:
-                log.warning("backup copier did not stop within its grace period; abandoning in-flight copies",
-                            extra={"grace": grace, "tasks": len(pending)})
                 await asyncio.wait(pending, timeout=1.0)
-        started = self._loop_task is not None
         self._loop_task = self._worker_task = None
+        left = sorted((s for k, s in self._pending.items() if k not in self._on_secondary), key=sort_key)
+        if started:
+            for snap in left:
+                log.warning("snapshot left behind on the primary at shutdown; the next start copies it",
+                            extra={"snapshot": snap.snap_name, "secondary": self.secondary.display})
         # Threads still running end at their next read (the stop flag); do not wait for them.
         self._pool.shutdown(wait=False, cancel_futures=True)
         if started:
-            log.info("backup copier stopped")
+            if left:
+                log.warning(f"backup copier stopped with {len(left)} snapshots not copied to the secondary",
+                            extra={"grace": grace, "secondary": self.secondary.display})
+            else:
+                log.info("backup copier stopped; the secondary holds every snapshot it was given",
+                         extra={"secondary": self.secondary.display})
+
+    async def _drain(self, deadline: float) -> None:
+        """Until ``deadline``: give each snapshot not yet on the secondary one more copy (with its
+        retries), let the running sync run and the copies in flight finish, and take what
+        ``notify`` queues meanwhile."""
+        assert self._queue is not None
+        tried: set[str] = set()
+        while True:
+            for key, snap in list(self._pending.items()):
+                if key in tried or key in self._inflight or key in self._on_secondary:
+                    continue
+                tried.add(key)
+                self._spawn(self._copy_and_count(snap, None))
+            busy = [t for t in (self._loop_task,) if t is not None and not t.done()] + list(self._tasks)
+            untried = any(k not in tried and k not in self._on_secondary and k not in self._inflight
+                          for k in self._pending)
+            if not busy and not untried and self._queue.empty():
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if busy:
+                await asyncio.wait(busy, timeout=min(remaining, DRAIN_POLL), return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(min(remaining, DRAIN_POLL / 10))
 
     @property
     def stopping(self) -> bool:
-        return self._stopping.is_set()
+        return self._stopping.is_set() or self._draining
 
     # -- event-driven copies ------------------------------------------------------------------
     def notify(self, snapshot: Snapshot) -> None:
-        """Queue a snapshot just uploaded to the primary for an immediate copy. Any thread may call."""
+        """Queue a snapshot just uploaded to the primary for an immediate copy. Any thread may call;
+        accepted until the hard stop, so a drain still takes the snapshotter's final delta."""
         loop = self._loop
         if loop is None or self._stopping.is_set() or snapshot is None or snapshot.is_chunk:
             return
@@ -483,6 +600,9 @@ class BackupCopier:
         key = snapshot.copier_key()
         self._pending.setdefault(key, snapshot)
         self._queued_at.setdefault(key, time.monotonic())
+        if self._listed[PRIMARY]:
+            self._on_primary.add(key)
+            self._update_counts()
         metrics.sync_pending.set(len(self._pending))
         assert self._queue is not None
         self._queue.put_nowait(snapshot)
@@ -495,9 +615,9 @@ class BackupCopier:
             if key in self._on_secondary:
                 self._pending.pop(key, None)
                 continue
-            if self._available[SECONDARY] is False:
-                # The secondary is down: retrying every event would only pile up errors. The next
-                # periodic run copies it once the secondary answers again.
+            if self._available[SECONDARY] is False and not self._draining:
+                # The secondary is down: retrying every event would only pile up errors. The probe
+                # run copies it once the secondary answers again (a drain tries anyway).
                 continue
             self._spawn(self._copy_and_count(snapshot, None))
 
@@ -509,6 +629,48 @@ class BackupCopier:
 
     async def _copy_and_count(self, snapshot: Snapshot, result: SyncResult | None) -> None:
         await self._copy_keyed(snapshot, result or SyncResult(started=datetime.now(timezone.utc)))
+
+    # -- endpoint state -----------------------------------------------------------------------
+    def _store(self, role: str) -> SnapStore:
+        return self.primary if role == PRIMARY else self.secondary
+
+    def _endpoint_failed(self, role: str, exc: BaseException) -> None:
+        """An endpoint failed a copy, listing or deletion: the first failure flips its state at
+        once (metric, status) and says so; later ones while it is down add nothing."""
+        metrics.endpoint_up.labels(endpoint=role).set(0)
+        if self._available[role] is False:
+            return
+        self._available[role] = False
+        self._down_since[role] = time.monotonic()
+        self._recovered.pop(role, None)
+        log.warning(f"{role.capitalize()} snapstore unavailable",
+                    extra={"endpoint": self._store(role).display, "reason": _reason(exc)})
+
+    def _endpoint_ok(self, role: str) -> None:
+        metrics.endpoint_up.labels(endpoint=role).set(1)
+        was = self._available[role]
+        self._available[role] = True
+        if was is False:
+            down = time.monotonic() - self._down_since.pop(role, time.monotonic())
+            self._recovered[role] = [down, 0]
+            self._wake_loop()  # catch up now rather than at the next period
+
+    def _announce_recoveries(self) -> None:
+        """After a run that listed both endpoints: say which came back, after how long, and how
+        many copies the catch-up took."""
+        for role in list(self._recovered):
+            if self._available[role] is not True:
+                continue
+            down, copies = self._recovered.pop(role)
+            log.info(f"{role.capitalize()} snapstore available again after {down:.1f}s; "
+                     f"{copies} snapshots copied to catch up",
+                     extra={"endpoint": self._store(role).display, "down_seconds": round(down, 3),
+                            "copies_caught_up": copies, "pending": len(self._pending)})
+
+    def _update_counts(self) -> None:
+        for role, keys in ((PRIMARY, self._on_primary), (SECONDARY, self._on_secondary)):
+            if self._listed[role]:
+                metrics.endpoint_snapshots.labels(endpoint=role).set(len(keys))
 
     # -- one run ------------------------------------------------------------------------------
     async def sync_once(self, *, delete_orphans: bool = True, dry_run: bool = False,
@@ -548,6 +710,10 @@ class BackupCopier:
             result.deletion_skipped = plan.deletion_skipped
             self._on_secondary = ({s.copier_key() for s in secondary_snaps} - {s.copier_key() for s in plan.to_replace}
                                   | self._copied_during_run)
+            # The primary: what it listed, plus what was uploaded (notified) since it was listed.
+            self._on_primary = {s.copier_key() for s in primary_snaps} | {
+                k for k, at in self._queued_at.items() if at >= t0}
+            self._update_counts()
             # Pending: what this run must copy, plus what notify() queued after the primary was
             # listed (not in the listing yet). Anything else pending has been dealt with or deleted.
             missing = plan.missing_keys
@@ -574,7 +740,7 @@ class BackupCopier:
             if result.copied and not (result.failed or result.cancelled):
                 log.info(f"Successfully copied all {len(result.copied)} snapshots to secondary",
                          extra={"secondary": self.secondary.display, "bytes": result.bytes_copied})
-            if self._stopping.is_set():
+            if self.stopping:  # draining or stopped: deletions wait for the next start
                 return self._finish(result, t0, dry_run)
             await asyncio.gather(*(self._delete_one(s, result) for s in plan.to_delete))
             if result.immutable:
@@ -594,18 +760,14 @@ class BackupCopier:
             try:
                 snaps = await self._in_thread(store.list, include_all)
             except Exception as exc:
-                self._available[role] = False
-                metrics.endpoint_up.labels(endpoint=role).set(0)
+                self._endpoint_failed(role, exc)
                 result.error = f"cannot list the {role} snapstore {store.display}: {_reason(exc)}"
                 log.error("Sync run failed: could not list the " + role + " snapstore; nothing copied or deleted",
                           extra={"endpoint": store.display, "error": _reason(exc)})
                 return None
-            snaps = own_snapshots(snaps, store.prefix)
-            listings[role] = snaps
-            self._available[role] = True
-            self._counts[role] = len(snaps)
-            metrics.endpoint_up.labels(endpoint=role).set(1)
-            metrics.endpoint_snapshots.labels(endpoint=role).set(len(snaps))
+            listings[role] = own_snapshots(snaps, store.prefix)
+            self._listed[role] = True
+            self._endpoint_ok(role)
         return listings[PRIMARY], listings[SECONDARY]
 
     def _finish(self, result: SyncResult, t0: float, dry_run: bool) -> SyncResult:
@@ -621,6 +783,7 @@ class BackupCopier:
             metrics.sync_last_success.set(self._last_success)
         if result.plan is not None:
             metrics.endpoint_snapshot_difference.set(len(self._pending))
+            self._announce_recoveries()
         metrics.sync_pending.set(len(self._pending))
         return result
 
@@ -668,7 +831,7 @@ class BackupCopier:
                     return self._cancelled(src)
                 try:
                     if replaces is not None:
-                        await self._in_thread(self._remove_differing, replaces)
+                        await self._in_thread(_on, SECONDARY, self._remove_differing, replaces)
                         replaces = None
                     size = await self._in_thread(self._copy_verified, src)
                 except CopyCancelled:
@@ -681,6 +844,11 @@ class BackupCopier:
                 except Exception as exc:
                     if self._stopping.is_set():
                         return self._cancelled(src)
+                    if isinstance(exc, EndpointFailure):
+                        role, exc = exc.role, exc.cause
+                        if _is_outage(exc):
+                            # At the first failure, not after the retries: an outage shows at once.
+                            self._endpoint_failed(role, exc)
                     last = exc
                 else:
                     self._record_copy(src, size)
@@ -704,8 +872,11 @@ class BackupCopier:
         return "failed", reason, 0
 
     async def _sleep(self, seconds: float) -> bool:
-        """Wait unless stopping; True when the copier is stopping."""
+        """Wait unless stopping; True when the copier is stopping. A drain waits at most
+        :data:`DRAIN_RETRY_WAIT`: its grace period is short."""
         assert self._stop_event is not None
+        if self._draining:
+            seconds = min(seconds, DRAIN_RETRY_WAIT)
         try:
             await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
         except asyncio.TimeoutError:
@@ -727,6 +898,11 @@ class BackupCopier:
         self._pending.pop(key, None)
         self._queued_at.pop(key, None)
         self._last_copy = now
+        for role in (PRIMARY, SECONDARY):
+            self._endpoint_ok(role)
+        for counts in self._recovered.values():
+            counts[1] += 1
+        self._update_counts()
         metrics.sync_copies.labels(outcome="success").inc()
         metrics.sync_bytes.inc(size)
         metrics.sync_pending.set(len(self._pending))
@@ -752,6 +928,8 @@ class BackupCopier:
                 server_side = self.secondary.copy_from(self.primary, src, dst)
             except ObjectNotFound as exc:  # only the source can be missing in a copy
                 raise SourceGone(str(exc)) from exc
+            except Exception as exc:  # the secondary's service performs the copy
+                raise EndpointFailure(SECONDARY, exc) from exc
         if server_side and self.config.verify == "metadata":
             vouched = self._vouched_size(src, dst)
             if vouched is not None:
@@ -759,17 +937,17 @@ class BackupCopier:
                           extra={"snapshot": src.snap_name, "bytes": vouched, "server_side": True})
                 return vouched
         if server_side:
-            expected = _digest(self._fetch_source(src), self._stopping)
+            expected = _on(PRIMARY, lambda: _digest(self._fetch_source(src), self._stopping))
         else:
             hasher = hashlib.sha256()
             reader = HashingReader(_CancellableReader(self._fetch_source(src), self._stopping), hasher)
             with reader:
-                self.secondary.save(dst, reader)
+                _on(SECONDARY, self.secondary.save, dst, reader)
             expected = (reader.count, hasher.hexdigest())
         try:
             if src.size is not None and expected[0] != src.size:
                 raise IntegrityError(f"read {expected[0]} bytes from the primary but its listing says {src.size}")
-            actual = _digest(self.secondary.fetch(dst), self._stopping)
+            actual = _on(SECONDARY, lambda: _digest(self.secondary.fetch(dst), self._stopping))
             if actual != expected:
                 raise IntegrityError(
                     f"verification failed: secondary has {actual[0]} bytes sha256 {actual[1][:16]}…, "
@@ -786,8 +964,8 @@ class BackupCopier:
         size and content digest for source and copy (and the size is the listing's); None means
         verify by content."""
         try:
-            theirs = self.primary.content_fingerprint(src)
-            ours = self.secondary.content_fingerprint(dst)
+            theirs = _on(PRIMARY, self.primary.content_fingerprint, src)
+            ours = _on(SECONDARY, self.secondary.content_fingerprint, dst)
         except ObjectNotFound:
             return None
         if theirs is None or ours is None:
@@ -803,6 +981,8 @@ class BackupCopier:
             return self.primary.fetch(src)
         except ObjectNotFound as exc:
             raise SourceGone(str(exc)) from exc
+        except Exception as exc:
+            raise EndpointFailure(PRIMARY, exc) from exc
 
     def _discard(self, dst: Snapshot) -> None:
         try:
@@ -832,10 +1012,14 @@ class BackupCopier:
                     return
                 except Exception as exc:
                     last = exc
+                    if _is_outage(exc):
+                        self._endpoint_failed(SECONDARY, exc)
                 else:
                     last = None
             if last is None:
+                self._endpoint_ok(SECONDARY)
                 self._on_secondary.discard(snap.copier_key())
+                self._update_counts()
                 result.deleted.append(snap.snap_name)
                 metrics.sync_deletions.labels(outcome="success").inc()
                 log.info("deleted orphaned snapshot from secondary", extra={"snapshot": snap.snap_name})
@@ -862,7 +1046,7 @@ class BackupCopier:
         return {
             "enabled": True,
             "running": self._running,
-            "stopping": self._stopping.is_set(),
+            "stopping": self.stopping,
             "primary": self._endpoint_status(PRIMARY, self.primary),
             "secondary": self._endpoint_status(SECONDARY, self.secondary),
             "pending": len(self._pending),
@@ -877,7 +1061,9 @@ class BackupCopier:
         }
 
     def _endpoint_status(self, role: str, store: SnapStore) -> dict:
-        return {"endpoint": store.display, "available": self._available[role], "snapshots": self._counts[role]}
+        keys = self._on_primary if role == PRIMARY else self._on_secondary
+        return {"endpoint": store.display, "available": self._available[role],
+                "snapshots": len(keys) if self._listed[role] else None}
 
 
 def _iso(ts: float | None) -> str | None:

@@ -527,7 +527,8 @@ def test_notify_copies_at_once_and_never_twice_concurrently(tmp_path, caplog):
     assert secondary.saves.count(new.snap_name) == 1
     assert secondary.saves.count(other.snap_name) == 1
     assert result.copied == [other.snap_name] and result.ok
-    assert status["pending"] == 0 and status["secondary"]["snapshots"] == 2
+    # Counts follow the copies: all three snapshots are on both endpoints.
+    assert status["pending"] == 0 and status["secondary"]["snapshots"] == 3 and status["primary"]["snapshots"] == 3
     info = messages(caplog, logging.INFO)
     assert "Starting backup copier..." in info
     assert info.index("Starting backup copier...") < info.index("Found 1 snapshots to copy and 0 to delete")
@@ -562,7 +563,8 @@ class SlowPrimary(LocalStore):
         return stream
 
 
-def test_stop_cancels_in_flight_copy_without_partial_object(tmp_path, caplog):
+def test_stop_aborts_a_copy_longer_than_the_grace_and_names_it(tmp_path, caplog):
+    # 50 MiB at 64 KiB per 20 ms takes ~16 s: the drain gives it the grace (1 s), then aborts it.
     primary = SlowPrimary(local_config(tmp_path, "p"))
     secondary = LocalStore(local_config(tmp_path, "s"))
     big = put(primary, snap(Kind.FULL, 0, 10), b"listed only; fetch streams 50 MiB slowly")
@@ -574,17 +576,20 @@ def test_stop_cancels_in_flight_copy_without_partial_object(tmp_path, caplog):
         await wait_for(lambda: primary.streams and primary.streams[0].started.is_set())
         await asyncio.sleep(0.1)
         t = time.monotonic()
-        await copier.stop(5)
+        await copier.stop(1)
         return time.monotonic() - t, copier.status()
 
     took, status = run(scenario())
-    assert took < 3
+    assert 1 <= took < 3
     assert secondary.list() == []
     staging = secondary.root / STAGING_DIR
     assert not staging.exists() or list(staging.iterdir()) == []
     assert status["lastRun"]["succeeded"] is False
     assert not any(m.startswith("Failed to copy snapshot") for m in messages(caplog))
-    assert big.snap_name
+    left = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING
+            and r.getMessage() == "snapshot left behind on the primary at shutdown; the next start copies it"]
+    assert [r.snapshot for r in left] == [big.snap_name]
+    assert "backup copier stopped with 1 snapshots not copied to the secondary" in messages(caplog, logging.WARNING)
 
 
 def test_status_has_counts_and_no_secrets(stores):
@@ -605,7 +610,7 @@ def test_status_has_counts_and_no_secrets(stores):
     before, after = run(scenario())
     assert before["lastRun"] is None and before["primary"]["available"] is None
     assert after["primary"] == {"endpoint": primary.display, "available": True, "snapshots": 1}
-    assert after["secondary"]["snapshots"] == 0  # listed before the copy
+    assert after["secondary"]["snapshots"] == 1  # listed empty, then the verified copy counted
     assert after["pending"] == 0 and after["lagSeconds"] == 0.0
     assert after["lastRun"]["copied"] == 1 and after["lastRun"]["errors"] == []
     assert after["secondsSinceLastSuccessfulSync"] is not None
@@ -822,3 +827,142 @@ def test_snapshot_copied_after_primary_listing_is_not_an_orphan(tmp_path):
     result = run(scenario())
     assert result.deleted == []
     assert late.snap_name in {s.snap_name for s in secondary.list()}
+
+
+# -- drain, then stop ---------------------------------------------------------------------------
+def test_stop_drains_queued_and_late_notified_snapshots_before_stopping(tmp_path, caplog):
+    # The shutdown order of a leader term: the copier begins draining, then the snapshotter
+    # uploads its final delta and notifies; stop() must still copy and verify it.
+    primary = LocalStore(local_config(tmp_path, "p"))
+    secondary = CountingSecondary(local_config(tmp_path, "s"), delay=0.3)
+    put(primary, snap(Kind.FULL, 0, 10), b"base")
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    async def scenario():
+        copier = BackupCopier(primary, secondary, sync_config())
+        await copier.start()
+        await wait_for(lambda: copier.status()["runs"] == 1)
+        queued = put(primary, snap(Kind.INCR, 11, 20, 1), payload(snap(Kind.INCR, 11, 20, 1)))
+        copier.notify(queued)                      # in flight when the drain begins
+        copier.begin_drain()
+        await asyncio.sleep(0.05)
+        final = put(primary, snap(Kind.INCR, 21, 30, 2, final=True), payload(snap(Kind.INCR, 21, 30, 2)))
+        copier.notify(final)                       # notified while draining
+        t = time.monotonic()
+        await copier.stop(10)
+        return queued, final, time.monotonic() - t, copier.status()
+
+    queued, final, took, status = run(scenario())
+    assert took < 5                                # done when drained, not at the grace
+    assert {s.copier_key() for s in secondary.list()} == {s.copier_key() for s in primary.list()}
+    copied = contents(secondary)
+    assert copied[final.snap_name[: -len(".final")]] == contents(primary)[final.snap_name]
+    assert copied[queued.snap_name] == contents(primary)[queued.snap_name]
+    assert status["runs"] == 1                     # no sync run started while draining
+    info = messages(caplog, logging.INFO)
+    assert "backup copier draining: no new sync runs; copying what is queued and in flight" in info
+    assert "backup copier stopped; the secondary holds every snapshot it was given" in info
+    assert not messages(caplog, logging.WARNING)
+
+
+def test_stop_gives_snapshots_a_failed_copy_left_pending_one_more_try(tmp_path, caplog):
+    s = snap(Kind.INCR, 11, 20, 1)
+    primary = FlakyStore(local_config(tmp_path, "p"), {s.snap_name: 1})
+    secondary = LocalStore(local_config(tmp_path, "s"))
+    put(primary, snap(Kind.FULL, 0, 10), b"base")
+    put(primary, s, payload(s))
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    async def scenario():
+        copier = BackupCopier(primary, secondary, sync_config(max_retries=0))
+        await copier.start()
+        await wait_for(lambda: copier.status()["runs"] == 1)
+        before = copier.status()
+        await copier.stop(5)
+        return before
+
+    before = run(scenario())
+    assert before["pending"] == 1 and before["lastRun"]["failed"] == 1
+    assert {x.copier_key() for x in secondary.list()} == {x.copier_key() for x in primary.list()}
+    assert primary.fetches[s.snap_name] == 2
+
+
+# -- outages are visible at once ------------------------------------------------------------------
+def test_secondary_outage_warns_and_flips_at_the_first_failed_copy_then_recovers(tmp_path, caplog):
+    primary = LocalStore(local_config(tmp_path, "p"))
+    secondary = LocalStore(local_config(tmp_path, "s", env_prefix="SECONDARY_"))
+    primary.check()
+    secondary.check()
+    put(primary, snap(Kind.FULL, 0, 10), b"base")
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    up = lambda: metrics.REGISTRY.get_sample_value("etcdbr_snapstore_available", {"endpoint": "secondary"})  # noqa: E731
+    aside = tmp_path / "s-unmounted"
+
+    async def scenario():
+        # Periodic runs every hour, the copy's retry after 1.5 s: only the first failed copy
+        # itself can flip the state within the first second.
+        copier = BackupCopier(primary, secondary, sync_config(max_retries=1, retry_backoff=timedelta(seconds=1.5),
+                                                              period=timedelta(hours=1)))
+        await copier.start()
+        await wait_for(lambda: copier.status()["runs"] == 1)
+        assert copier.status()["secondary"]["available"] is True and up() == 1
+        secondary.root.rename(aside)                 # the volume goes away; a file is left in its place
+        secondary.root.write_text("not the secondary")
+        during = put(primary, snap(Kind.INCR, 11, 20, 1), b"during the outage")
+        t = time.monotonic()
+        copier.notify(during)
+        await wait_for(lambda: copier.status()["secondary"]["available"] is False, timeout=1)
+        flipped_after, metric_during = time.monotonic() - t, up()
+        await asyncio.sleep(0.5)
+        secondary.root.unlink()
+        aside.rename(secondary.root)                 # back, with its contents
+        await wait_for(lambda: any(r.getMessage().startswith("Secondary snapstore available again")
+                                   for r in caplog.records), timeout=10)
+        status = copier.status()
+        await copier.stop(1)
+        return flipped_after, metric_during, status, during
+
+    flipped_after, metric_during, status, during = run(scenario())
+    assert flipped_after < 1 and metric_during == 0
+    outage = [r for r in caplog.records if r.name == LOGGER and r.getMessage() == "Secondary snapstore unavailable"]
+    assert len(outage) == 1 and outage[0].levelno == logging.WARNING
+    assert outage[0].endpoint == secondary.display and "is not a directory" in outage[0].reason
+    assert status["secondary"]["available"] is True and up() == 1
+    assert status["pending"] == 0 and status["secondary"]["snapshots"] == 2
+    recovered = [r for r in caplog.records if r.name == LOGGER and r.getMessage().startswith(
+        "Secondary snapstore available again after ")]
+    assert len(recovered) == 1 and recovered[0].levelno == logging.INFO
+    assert recovered[0].copies_caught_up == 1 and recovered[0].down_seconds >= 0.5
+    assert "; 1 snapshots copied to catch up" in recovered[0].getMessage()
+    assert during.copier_key() in {s.copier_key() for s in secondary.list()}
+
+
+def test_a_vanished_primary_is_an_outage_and_no_deletion_is_ever_planned(tmp_path, caplog):
+    import shutil
+
+    primary = LocalStore(local_config(tmp_path, "p"))
+    secondary = LocalStore(local_config(tmp_path, "s", env_prefix="SECONDARY_"))
+    primary.check()
+    secondary.check()
+    for s in (snap(Kind.FULL, 0, 10), snap(Kind.INCR, 11, 20, 1)):
+        put(primary, s, payload(s))
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    async def scenario():
+        copier = BackupCopier(primary, secondary, sync_config(max_delete_fraction=1.0))
+        first = await copier.sync_once()
+        shutil.rmtree(primary.root)            # the primary's container disappears
+        second = await copier.sync_once()
+        status = copier.status()
+        await copier.stop(1)
+        return first, second, status
+
+    first, second, status = run(scenario())
+    assert first.ok and len(first.copied) == 2
+    # Not "0 snapshots, so delete both from the secondary": the run fails and plans nothing.
+    assert second.plan is None and second.deleted == [] and second.planned_deletions == 0
+    assert second.error.startswith(f"cannot list the primary snapstore {primary.display}: ")
+    assert "has disappeared" in second.error
+    assert len(secondary.list()) == 2
+    assert status["primary"]["available"] is False
+    assert "Primary snapstore unavailable" in messages(caplog, logging.WARNING)

@@ -11,8 +11,10 @@ Order of events (compatibility.md §4.1):
    status. While that member is the Raft leader, this sidecar runs a :class:`LeaderTerm`: the
    snapshotter, garbage collection, the defragmentation schedule and, with backup sync, the
    copier and garbage collection of the secondary. Followers only serve the API.
-4. SIGTERM/SIGINT: the term ends (the snapshotter uploads the events it buffered as a last delta,
-   the copier gets ``--backup-sync-shutdown-grace``), the API closes, exit code 0.
+4. SIGTERM/SIGINT, or the loss of leadership: the term ends within ``--backup-sync-shutdown-grace``.
+   The snapshotter uploads the events it buffered as a last (``.final``) delta, and the copier
+   copies it and whatever else is queued or in flight to the secondary before it stops (see
+   ``BackupCopier.stop``); on SIGTERM the API then closes, exit code 0.
 
 Health (``/healthz``): 200 when etcd is reachable and has a leader and either this sidecar
 follows, or it leads and the startup snapshot is done (or there is no storage provider); 503
@@ -136,8 +138,14 @@ class LeaderTerm:
                     log.warning("full snapshot after defragmentation failed", extra={"error": redact(str(exc))})
 
     async def close(self, grace: float) -> None:
-        """End the term: the snapshotter flushes its buffered events; the copier gets ``grace``."""
+        """End the term within ``grace`` seconds. The copier drains from the start (no new sync
+        runs, but it keeps copying and still takes what the snapshotter uploads) while the
+        snapshotter uploads its buffered events as the final delta; then the copier gets what is
+        left of ``grace`` to copy and verify the rest, and aborts what it could not."""
+        deadline = time.monotonic() + grace
         self.stop.set()
+        if self.copier is not None:
+            self.copier.begin_drain()
         if self.tasks:
             _, pending = await asyncio.wait(self.tasks, timeout=max(grace, 1.0))
             for task in pending:
@@ -151,7 +159,7 @@ class LeaderTerm:
                     log.error("leader task failed", extra={"task": task.get_name(),
                                                            "error": redact(f"{type(exc).__name__}: {exc}")})
         if self.copier is not None:
-            await self.copier.stop(grace)
+            await self.copier.stop(max(0.0, deadline - time.monotonic()))
 
 
 class BackupServer:
