@@ -115,6 +115,8 @@ class StoreConfig:
     max_parallel_chunk_uploads: int = 5
     temp_dir: str = "/tmp"
     env_prefix: str = ""
+    #: Longest wait for the service on one request (connecting, or between bytes of its answer).
+    timeout: timedelta = timedelta(seconds=20)
 
     @property
     def effective_provider(self) -> str:
@@ -217,7 +219,7 @@ class SyncConfig:
 
     enabled: bool = False
     period: timedelta = timedelta(minutes=5)
-    max_retries: int = 3
+    max_retries: int = 2
     retry_backoff: timedelta = timedelta(seconds=30)
     concurrent_copies: int = 10
     max_delete_fraction: float = 0.5

@@ -13,6 +13,11 @@ What is checked (pgBackRest's ``verify`` is the model: a repository checked with
 * no chunk pieces are left over from multipart uploads (``leftover-chunk``);
 * an object listed but gone by the time it is read (``vanished``) or unreadable (``unreadable``).
 
+Leftovers of interrupted uploads in the store's staging area (a Local store's
+``.etcdbr-staging/upload-*`` files) are listed with their age, and whether the next start of a
+writing command sweeps them, but are no defect: no snapshot is affected, and a recent one may
+belong to an upload still running. ``verify`` never removes anything.
+
 Memory stays bounded: objects are streamed through the decompressor and hasher, never held whole,
 except deltas up to :data:`DELTA_PARSE_LIMIT` bytes whose events are parsed; at most ``parallel``
 objects are read at once.
@@ -87,6 +92,7 @@ class VerifyReport:
     chains: list[ChainResult] = field(default_factory=list)
     seconds: float = 0.0
     content_checked: bool = True
+    leftovers: list = field(default_factory=list)   # snapstore.base.Leftover
 
     @property
     def ok(self) -> bool:
@@ -102,6 +108,8 @@ class VerifyReport:
             "objects": [asdict(o) for o in self.objects],
             "defects": [asdict(d) for d in self.defects],
             "chains": [asdict(c) for c in self.chains],
+            "uploadLeftovers": [{"key": x.key, "ageSeconds": round(x.age, 1), "size": x.size,
+                                 "abandoned": x.abandoned} for x in self.leftovers],
         }
 
     def render(self) -> str:
@@ -124,6 +132,13 @@ class VerifyReport:
             for c in self.chains:
                 state = "contiguous" if c.contiguous else "BROKEN"
                 lines.append(f"  {c.full}: revisions {c.first_revision}..{c.last_revision}, {c.deltas} delta(s), {state}")
+        if self.leftovers:
+            lines.append("")
+            lines.append(f"{len(self.leftovers)} leftover(s) of interrupted uploads (no defect):")
+            for x in self.leftovers:
+                state = ("abandoned: the next start of server, snapshot or copy removes it" if x.abandoned
+                         else "recent or locked: may belong to an upload still running")
+                lines.append(f"  {x.key}: {_num(x.size)} bytes, last written {x.age:.0f}s ago, {state}")
         lines.append("")
         if self.defects:
             lines.append(f"{len(self.defects)} defect(s):")
@@ -325,6 +340,7 @@ def verify_store(store, *, parallel: int = DEFAULT_PARALLEL, check_content: bool
         _check_contents(store, [s for s in snaps if not s.is_chunk], results, report, parallel, stop)
 
     report.chains = _check_chains([s for s in snaps if not s.is_chunk], report)
+    report.leftovers = store.staging_leftovers()
     unparseable = [o for o in report.objects if o.kind == "?"]
     report.objects = unparseable + [results[s.key] for s in snaps]
     order = {k: i for i, k in enumerate(DEFECT_KINDS)}

@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -97,3 +100,84 @@ def test_snapshot_list_missing_bucket_and_wrong_secret(s3_server, s3_env, tmp_pa
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "credentials refused" in result.stderr
     assert "wrong-secret-value" not in result.stderr
+
+
+# -- an endpoint that accepts connections and never answers ---------------------------------------
+class SilentListener:
+    """A TCP listener owned by the test: accepts every connection, reads nothing, answers nothing
+    (a hung load balancer or a wedged server). No real store can be made to do this on purpose."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent():
+    listener = SilentListener()
+    yield listener
+    listener.close()
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    return lines[0]
+
+
+def test_snapshot_list_against_a_silent_endpoint_fails_within_the_default_bound(s3_env, silent):
+    # The documented bound: 60 s by default (3x --store-timeout), retries included. The first
+    # request times out after 20 s, the SDK tries it once more, and nothing else is retried.
+    t = time.monotonic()
+    result = run(s3_env, *flags("some-bucket", silent.endpoint))
+    took = time.monotonic() - t
+    line = _one_error_line(result)
+    assert result.returncode == 1
+    assert took <= 60, f"took {took:.1f}s"
+    assert took >= 20, f"took {took:.1f}s: the timeout was not the one documented"
+    assert "S3/some-bucket" in line and silent.endpoint in line and "did not answer within 20s" in line, line
+    assert len(silent.accepted) == 2   # one request, tried twice by the SDK
+
+
+@pytest.mark.parametrize("provider", ["GCS", "ABS"])
+def test_snapshot_list_store_timeout_flag_bounds_every_provider(provider, s3_env, silent, tmp_path):
+    env = dict(s3_env)
+    if provider == "ABS":
+        creds = tmp_path / "azure.json"
+        creds.write_text(json.dumps({"storageAccount": "devstoreaccount1", "storageKey": "a2V5" * 11}))
+        env["AZURE_APPLICATION_CREDENTIALS_JSON"] = str(creds)
+        endpoint = silent.endpoint + "/devstoreaccount1"
+    else:
+        env["STORAGE_EMULATOR_HOST"] = silent.endpoint
+        endpoint = silent.endpoint
+    t = time.monotonic()
+    result = subprocess.run([COMMAND, "snapshot", "list", f"--storage-provider={provider}", "--store-container=c",
+                             f"--store-endpoint-override={endpoint}", "--store-timeout=2s"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t
+    line = _one_error_line(result)
+    assert result.returncode == 1
+    assert took <= 3 * 2 + 3, f"took {took:.1f}s"   # the bound, plus the interpreter's start
+    assert f"{provider}/c" in line and "did not answer within 2s (--store-timeout)" in line, line

@@ -175,3 +175,133 @@ def test_copy_from_is_never_server_side(home):
     a.save(s, io.BytesIO(b"x"))
     assert b.copy_from(a, s, s.with_prefix(b.prefix)) is False
     assert b.list() == []
+
+
+# -- a vanished store is not an empty store -------------------------------------------------------
+def test_a_container_that_disappears_is_an_outage_not_an_empty_store(home):
+    import shutil
+
+    from etcdbr.errors import StoreUnavailable
+
+    store = make()
+    store.check()
+    s = snap(store)
+    store.save(s, io.BytesIO(b"full"))
+    assert [x.snap_name for x in store.list()] == [s.snap_name]
+    shutil.rmtree(store.root)
+    with pytest.raises(StoreUnavailable, match="has disappeared"):
+        store.list()
+    # Neither a read nor a save takes the vanished container for empty or recreates it (it may
+    # be a mount point that went away: writing there would "succeed" onto the wrong disk).
+    with pytest.raises(StoreUnavailable):
+        store.fetch(s)
+    with pytest.raises(StoreUnavailable):
+        store.delete(s)
+    with pytest.raises(StoreUnavailable):
+        store.save(snap(store, kind=Kind.INCR, start=11, last=20, minutes=1), io.BytesIO(b"delta"))
+    assert not store.root.exists()
+
+
+def test_a_container_replaced_by_a_file_and_a_vanished_tree_are_outages(home):
+    import shutil
+
+    from etcdbr.errors import StoreUnavailable
+
+    store = make()
+    store.check()
+    store.save(snap(store), io.BytesIO(b"full"))
+    shutil.rmtree(store.root / "etcd")            # the store's tree goes, the container stays
+    with pytest.raises(StoreUnavailable, match="etcd/v2 has disappeared"):
+        store.list()
+    shutil.rmtree(store.root)
+    store.root.write_text("not a directory")      # what the chaos run did to a secondary
+    with pytest.raises(StoreUnavailable, match="is not a directory"):
+        store.list()
+
+
+def test_a_container_never_created_lists_empty_and_is_created_by_the_first_save(home):
+    store = make("fresh")
+    assert store.list() == []
+    s = snap(store)
+    store.save(s, io.BytesIO(b"full"))
+    assert [x.snap_name for x in store.list()] == [s.snap_name]
+
+
+# -- staging leftovers of interrupted uploads -----------------------------------------------------
+def _leftover(store: LocalStore, name: str, age_seconds: float, data: bytes = b"partial") -> Path:
+    import os
+    import time
+
+    staging = store.root / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    path = staging / name
+    path.write_bytes(data)
+    then = time.time() - age_seconds
+    os.utime(path, (then, then))
+    return path
+
+
+def test_check_sweeps_only_old_unlocked_staging_files(home, caplog):
+    import fcntl
+    import logging
+    import os
+
+    from etcdbr.snapstore.local import STALE_STAGING
+
+    store = make()
+    store.check()
+    old = STALE_STAGING.total_seconds() + 60
+    abandoned = _leftover(store, "upload-abandoned", old)
+    recent = _leftover(store, "upload-recent", 30)
+    live = _leftover(store, "upload-live", old)
+    foreign = _leftover(store, "notes.txt", old)       # not ours: never touched
+    # A live writer holds the lock on its staging file (here another open file description).
+    fd = os.open(live, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        leftovers = {x.key: x for x in store.staging_leftovers()}
+        assert set(leftovers) == {f"{STAGING_DIR}/upload-abandoned", f"{STAGING_DIR}/upload-recent",
+                                  f"{STAGING_DIR}/upload-live"}
+        assert leftovers[f"{STAGING_DIR}/upload-abandoned"].abandoned
+        assert leftovers[f"{STAGING_DIR}/upload-abandoned"].size == len(b"partial")
+        assert not leftovers[f"{STAGING_DIR}/upload-recent"].abandoned
+        assert not leftovers[f"{STAGING_DIR}/upload-live"].abandoned
+
+        store.check(sweep=False)          # read-only commands leave everything
+        assert abandoned.exists()
+        with caplog.at_level(logging.INFO, logger="etcdbr.snapstore.local"):
+            store.check()
+        assert not abandoned.exists()
+        assert recent.exists() and live.exists() and foreign.exists()
+        assert any(r.getMessage() == "removed a staging file an interrupted upload left behind"
+                   and r.file == f"{STAGING_DIR}/upload-abandoned" for r in caplog.records)
+    finally:
+        os.close(fd)
+
+
+def test_a_save_holds_the_lock_of_its_staging_file_until_it_is_in_place(home):
+    from etcdbr.snapstore.local import _locked
+
+    store = make()
+    store.check()
+    seen = []
+
+    class Watching(io.RawIOBase):
+        def __init__(self):
+            self.left = 3
+
+        def readable(self):
+            return True
+
+        def readinto(self, buf):
+            (staging,) = list((store.root / STAGING_DIR).iterdir())
+            seen.append(_locked(staging))
+            if not self.left:
+                return 0
+            self.left -= 1
+            buf[:4] = b"data"
+            return 4
+
+    store.save(snap(store), Watching())
+    assert seen and all(seen)
+    assert list((store.root / STAGING_DIR).iterdir()) == []

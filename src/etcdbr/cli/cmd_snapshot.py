@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .common import command_runner, open_checked_store
+from .common import command_runner, open_checked_store, within_deadline
 from .options import Opt, add_options, choice
 
 LIST_EXTRA = [Opt("output", "extra.output", choice("table", "json"), "table", "Output format: table or json.", short="o")]
@@ -131,9 +131,22 @@ def _compression_name(suffix: str) -> str:
 @add_options("store", extra=LIST_EXTRA)
 @command_runner("store", extra=LIST_EXTRA)
 def list_command(config, **_params) -> int:
-    """List the snapshots of one store (the diagnostic command of the dual-endpoint guide)."""
-    store = open_checked_store(config.store)
-    snaps = store.list(include_all=True)
+    """List the snapshots of one store (the diagnostic command of the dual-endpoint guide).
+
+    Fails within 3x --store-timeout (60s by default), retries included, whatever the store does.
+    """
+    from ..snapstore import open_store
+
+    store = open_store(config.store)
+
+    def check_and_list():
+        try:
+            store.check(sweep=False)  # a read-only command leaves upload leftovers alone
+            return store.list(include_all=True)
+        finally:
+            store.close()
+
+    snaps = within_deadline(3 * config.store.timeout.total_seconds(), store.display, check_and_list)
     output = config.extra.get("output", "table")
     if output == "json":
         rows = []

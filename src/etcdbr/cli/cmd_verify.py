@@ -30,7 +30,7 @@ def command(config, **_params) -> int:
     any defect."""
     from ..verify import verify_store
 
-    store = open_checked_store(config.store)
+    store = open_checked_store(config.store, sweep=False)  # verify reports leftovers, never removes them
     try:
         report = verify_store(store, parallel=config.extra.get("max_parallel_reads", 4),
                               check_content=not config.extra.get("names_only", False))

@@ -85,13 +85,44 @@ def _restore_sigterm(previous) -> None:
             pass
 
 
-def open_checked_store(store_config):
-    """Open a store and check that it is reachable; errors name the endpoint."""
+def open_checked_store(store_config, *, sweep: bool = True):
+    """Open a store and check that it is reachable; errors name the endpoint. ``sweep=False``
+    (read-only commands) leaves interrupted uploads' leftovers in place."""
     from ..snapstore import open_store
 
     store = open_store(store_config)
-    store.check()
+    try:
+        store.check(sweep=sweep)
+    except BaseException:
+        store.close()
+        raise
     return store
+
+
+def within_deadline(seconds: float, what: str, fn):
+    """``fn()`` in a daemon thread, or StoreUnavailable naming the store ``what`` when it has not answered
+    within ``seconds``: the backstop that bounds a command whatever a store does (the requests
+    themselves are bounded by --store-timeout; a call made of many requests is bounded here).
+    The thread is left behind; the command is about to exit."""
+    from ..errors import StoreUnavailable
+
+    box: dict = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="deadline", daemon=True).start()
+    if not done.wait(seconds):
+        raise StoreUnavailable(f"no answer within {seconds:g}s (3x --store-timeout); giving up", endpoint=what)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def version_line() -> str:
@@ -100,4 +131,4 @@ def version_line() -> str:
     return f"etcd-backup-restore {__version__} (python {sys.version.split()[0]})"
 
 
-__all__ = ["Config", "command_runner", "open_checked_store", "version_line"]
+__all__ = ["Config", "command_runner", "open_checked_store", "version_line", "within_deadline"]

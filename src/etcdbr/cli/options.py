@@ -140,6 +140,11 @@ def _store_opts(flag_prefix: str, dest: str, env_prefix: str, who: str) -> list[
         Opt(f"{f}snapstore-temp-directory", f"{dest}.temp_dir", text, "/tmp",
             f"Directory for temporary files of the {who} (created 0700 if missing). Uploads stream without "
             "temporary files; only small private files (an S3 CA bundle) go here."),
+        Opt(f"{f}store-timeout", f"{dest}.timeout", positive_duration, timedelta(seconds=20),
+            f"Longest wait for the {who} on one request (connecting, or between bytes of an answer). The SDK tries "
+            "a request twice, so a store that accepts connections and never answers fails a call within about 2x "
+            "this + 1s; 'snapshot list' gives up within 3x this (60s by default). See docs/reliability.md for the "
+            "attempts one failing operation can make."),
     ]
 
 
@@ -234,15 +239,21 @@ GROUPS: dict[str, list[Opt]] = {
             "How often the copier compares both stores. 5m (the document recommends 3-5m): snapshots this process takes "
             "are copied at once anyway, so the period only bounds how long other gaps (missed events, outages, GC) last.",
             aliases=("secondary-backup-sync-period",)),
-        Opt("backup-sync-max-retries", "sync.max_retries", non_negative_int, 3, "Retries of a failed copy or deletion within one run."),
+        Opt("backup-sync-max-retries", "sync.max_retries", non_negative_int, 2,
+            "Retries of a failed copy or deletion within one run (each try makes at most 3 tries per upload part, "
+            "each of 2 requests: 18 requests per part with the default)."),
         Opt("backup-sync-retry-backoff", "sync.retry_backoff", positive_duration, timedelta(seconds=30),
-            "First retry delay; doubles with each retry."),
+            "First retry delay; doubles with each retry. While an endpoint is down, the sync run that probes it "
+            "comes this often."),
         Opt("backup-sync-concurrent-copies", "sync.concurrent_copies", positive_int, 10, "Copies in flight at once.",
             aliases=("max-parallel-copy-operations",)),
         Opt("backup-sync-max-delete-fraction", "sync.max_delete_fraction", fraction, 0.5,
             "Safety guard: skip orphan deletion when a run would delete more than this share of the secondary."),
         Opt("backup-sync-shutdown-grace", "sync.shutdown_grace", parse_duration, timedelta(seconds=30),
-            "On shutdown, how long in-flight copies get to abort their uploads."),
+            "On SIGTERM or loss of leadership, how long the copier gets to copy and verify what is queued and in "
+            "flight, the final delta included, before it aborts the rest (each left behind is logged; the next start "
+            "copies it). 30s covers a delta of the default 10 MiB memory limit read, written and read back at 1 MiB/s; "
+            "keep the pod's terminationGracePeriodSeconds above it."),
         Opt("backup-sync-verify", "sync.verify", choice("content", "metadata"), "content",
             "How a copy is verified before it counts. content: the copy is read back and its size and SHA-256 must "
             "equal those of the primary's bytes (a server-side copy reads the primary's object too). metadata: a "

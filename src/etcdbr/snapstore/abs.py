@@ -40,14 +40,16 @@ from azure.core.exceptions import (
     HttpResponseError,
     ResourceNotFoundError,
     ServiceRequestError,
+    ServiceRequestTimeoutError,
     ServiceResponseError,
+    ServiceResponseTimeoutError,
 )
-from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSettings, ExponentialRetry, generate_blob_sas
+from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSettings, LinearRetry, generate_blob_sas
 
 from .. import logs
 from ..errors import ConfigError, EtcdbrError, ImmutableObject, ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
 from ..snapshot import Snapshot, parse_listing
-from .base import ObjectAttrs, SnapStore
+from .base import SDK_ATTEMPTS, ObjectAttrs, SnapStore
 from .credentials import load_credentials, require
 
 log = logging.getLogger(__name__)
@@ -119,10 +121,11 @@ class ABSStore(SnapStore):
                 self.account_url,
                 credential={"account_name": self.account, "account_key": self._key},
                 # The SDK's default waits 15 s and more between tries; an unreachable store should
-                # be reported within seconds (our callers retry at their own pace).
-                retry_policy=ExponentialRetry(initial_backoff=0.5, increment_base=1.5, retry_total=2, random_jitter_range=0.5),
-                connection_timeout=10,
-                read_timeout=120,
+                # be reported within seconds (our callers retry at their own pace): SDK_ATTEMPTS
+                # tries per request, each bounded by --store-timeout, about 0.5 s apart.
+                retry_policy=LinearRetry(backoff=0.5, retry_total=SDK_ATTEMPTS - 1, random_jitter_range=0.25),
+                connection_timeout=self.connect_timeout,
+                read_timeout=self.request_timeout,
                 max_single_get_size=READ_CHUNK,
                 # _put_small gets less than one part: send it in one Put Blob, never as SDK-named
                 # blocks (their IDs could clash in length with blocks a failed upload left).
@@ -159,6 +162,9 @@ class ABSStore(SnapStore):
         if isinstance(exc, EtcdbrError):
             return exc
         endpoint = self.display if container in (None, self.container_name) else f"ABS/{container}"
+        if isinstance(exc, (ServiceRequestTimeoutError, ServiceResponseTimeoutError)):
+            return StoreUnavailable(self._timed_out(self.account_url, isinstance(exc, ServiceRequestTimeoutError)),
+                                    endpoint=endpoint, key=key)
         if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
             return StoreUnavailable(f"cannot reach {self.account_url}: {_short(exc)}", endpoint=endpoint, key=key)
         if isinstance(exc, HttpResponseError):

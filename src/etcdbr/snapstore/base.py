@@ -40,8 +40,14 @@ from ..snapshot import Snapshot, parse_listing
 
 log = logging.getLogger(__name__)
 
-PART_ATTEMPTS = 5
+#: How often one provider SDK tries one request (S3 and ABS: 1 retry; GCS retries by deadline).
+SDK_ATTEMPTS = 2
+#: How often we try one part of an upload (or one step of a server-side copy) on StoreUnavailable;
+#: each try is one SDK call, so a part makes at most PART_ATTEMPTS x SDK_ATTEMPTS requests.
+PART_ATTEMPTS = 3
 _RELOAD_LOCK = threading.Lock()
+#: Longest wait for a TCP (and TLS) connection; --store-timeout when that is shorter.
+CONNECT_TIMEOUT = 10.0
 
 
 @dataclass
@@ -54,6 +60,16 @@ class ObjectAttrs:
 
     def as_dict(self) -> dict:
         return {"size": self.size, "immutable_until": self.immutable_until, "version_id": self.version_id or None}
+
+
+@dataclass
+class Leftover:
+    """What an upload interrupted mid-way (a killed process) left in a store's staging area."""
+
+    key: str
+    age: float                 # seconds since it was last written
+    size: int | None = None
+    abandoned: bool = False    # old enough (and unlocked) that the next start's sweep removes it
 
 
 #: Public calls before which rotated credentials are picked up.
@@ -125,6 +141,22 @@ class SnapStore(abc.ABC):
         self.prefix = config.prefix_v2
         self._part_retry_wait = wait_exponential(multiplier=1, min=1, max=16)
 
+    @property
+    def request_timeout(self) -> float:
+        """``--store-timeout``: the longest wait for the service on one request, in seconds."""
+        return max(0.1, self.config.timeout.total_seconds())
+
+    @property
+    def connect_timeout(self) -> float:
+        return min(CONNECT_TIMEOUT, self.request_timeout)
+
+    def _timed_out(self, where: str, connecting: bool = False) -> str:
+        """The reason of a request that ran into its timeout, naming the flag that sets it."""
+        flag = {"SECONDARY_": "--secondary-", "SOURCE_": "--source-"}.get(self.config.env_prefix, "--") + "store-timeout"
+        if connecting:
+            return f"could not connect to {where} within {self.connect_timeout:g}s"
+        return f"{where} did not answer within {self.request_timeout:g}s ({flag})"
+
     # -- naming ------------------------------------------------------------------------------
     @property
     def display(self) -> str:
@@ -145,9 +177,17 @@ class SnapStore(abc.ABC):
         return parent + "/" if parent else ""
 
     # -- public protocol ---------------------------------------------------------------------
-    def check(self) -> None:
-        """Verify the container is reachable with these credentials; raise a StoreError if not."""
+    def check(self, sweep: bool = True) -> None:
+        """Verify the container is reachable with these credentials; raise a StoreError if not.
+
+        With ``sweep`` (commands that write: server, snapshot, copy, restore), also remove what
+        uploads killed mid-way left behind, once it is old enough that no live upload can own it
+        (each provider's rule is in its module). Read-only commands (verify, snapshot list) pass
+        False and leave the store as they found it.
+        """
         self._check()
+        if sweep:
+            self._sweep_leftovers()
 
     def list(self, include_all: bool = False) -> list[Snapshot]:
         entries = ((key, attrs.as_dict()) for key, attrs in self._list_objects(self.list_root()))
@@ -181,6 +221,13 @@ class SnapStore(abc.ABC):
 
     def close(self) -> None:
         """Release clients and pools."""
+
+    def staging_leftovers(self) -> list[Leftover]:
+        """Pieces of interrupted uploads in this store's staging area (``verify`` reports them)."""
+        return []
+
+    def _sweep_leftovers(self) -> None:
+        """Remove abandoned upload leftovers; best effort, never raises."""
 
     # -- credential rotation -----------------------------------------------------------------
     def _reload_if_rotated(self) -> None:

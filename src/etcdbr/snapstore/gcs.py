@@ -77,9 +77,8 @@ HELD_UNTIL = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 CONTENT_TYPE = "application/octet-stream"
 READ_CHUNK = 8 * 1024 * 1024
 LIST_PAGE = 1000
-#: (connect, read) seconds per HTTP request.
-TIMEOUT = (10, 120)
-#: How long the SDK itself retries one call on 429/5xx/connection errors before giving up.
+#: How long the SDK itself retries one call on 429/5xx/connection errors before giving up (at
+#: most --store-timeout): a request that hangs until its timeout is not tried again.
 SDK_RETRY_SECONDS = 10.0
 DELETE_WORKERS = 8
 
@@ -135,7 +134,9 @@ class GCSStore(SnapStore):
         for scheme in ("https://", "http://"):
             self.client._http.mount(scheme, adapter)
         self.bucket = self.client.bucket(self.bucket_name)
-        self._retry = DEFAULT_RETRY.with_timeout(SDK_RETRY_SECONDS)
+        #: (connect, read) seconds per HTTP request: --store-timeout.
+        self._timeout = (self.connect_timeout, self.request_timeout)
+        self._retry = DEFAULT_RETRY.with_timeout(min(SDK_RETRY_SECONDS, self.request_timeout))
         self.staging_root = self.list_root() + STAGING_DIR + "/"
         self._upload_url = f"{self.client._connection.API_BASE_URL}/upload/storage/v1/b/{quote(self.bucket_name, safe='')}/o"
 
@@ -214,6 +215,9 @@ class GCSStore(SnapStore):
             return ConfigError(f"{endpoint}: {_first_line(exc)}")
         if isinstance(exc, DataCorruption):
             return StoreUnavailable("checksum mismatch in transfer", endpoint=endpoint, key=key)
+        if isinstance(exc, requests.Timeout):
+            return StoreUnavailable(self._timed_out(self.endpoint_display, isinstance(exc, requests.ConnectTimeout)),
+                                    endpoint=endpoint, key=key)
         if isinstance(exc, (requests.RequestException, auth_exceptions.TransportError, api_exceptions.RetryError,
                             ConnectionError, TimeoutError, OSError)):
             return StoreUnavailable(f"cannot reach {self.endpoint_display}: {_short(exc)}", endpoint=endpoint, key=key)
@@ -225,10 +229,12 @@ class GCSStore(SnapStore):
         # (buckets.get is often not granted to a backup service account).
         try:
             for _ in self.client.list_blobs(self.bucket, prefix=self.prefix + "/", max_results=1,
-                                            timeout=TIMEOUT, retry=self._retry):
+                                            timeout=self._timeout, retry=self._retry):
                 break
         except Exception as exc:
             raise self._error(exc, listing=True) from exc
+
+    def _sweep_leftovers(self) -> None:
         self._sweep_staging()
 
     def list(self, include_all: bool = False) -> list[Snapshot]:
@@ -238,7 +244,7 @@ class GCSStore(SnapStore):
     def _list_objects(self, prefix: str, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
         try:
             blobs = self.client.list_blobs(self.bucket, prefix=prefix, page_size=LIST_PAGE,
-                                           timeout=TIMEOUT, retry=self._retry)
+                                           timeout=self._timeout, retry=self._retry)
             for blob in blobs:
                 if blob.name.startswith(self.staging_root):
                     continue
@@ -255,7 +261,7 @@ class GCSStore(SnapStore):
         cutoff = datetime.now(timezone.utc) - STALE_STAGING
         try:
             stale = [b.name for b in self.client.list_blobs(self.bucket, prefix=self.staging_root, page_size=LIST_PAGE,
-                                                            timeout=TIMEOUT, retry=self._retry)
+                                                            timeout=self._timeout, retry=self._retry)
                      if b.updated is not None and b.updated < cutoff]
         except Exception as exc:
             log.warning("could not list abandoned upload leftovers",
@@ -268,21 +274,21 @@ class GCSStore(SnapStore):
     # -- reading and deleting ----------------------------------------------------------------
     def _open_read(self, key: str) -> BinaryIO:
         # Pinning the generation keeps a concurrent overwrite from mixing two objects' bytes.
-        blob = self._call(key, self.bucket.get_blob, key, timeout=TIMEOUT, retry=self._retry)
+        blob = self._call(key, self.bucket.get_blob, key, timeout=self._timeout, retry=self._retry)
         if blob is None:
             raise ObjectNotFound("no such object", endpoint=self.display, key=key)
-        reader = blob.open("rb", chunk_size=READ_CHUNK, raw_download=True, timeout=TIMEOUT, retry=self._retry)
+        reader = blob.open("rb", chunk_size=READ_CHUNK, raw_download=True, timeout=self._timeout, retry=self._retry)
         return io.BufferedReader(TranslatingReader(reader, self, key), buffer_size=1024 * 1024)
 
     def _delete_object(self, key: str, version_id: str = "") -> None:
-        self._call(key, self.bucket.delete_blob, key, timeout=TIMEOUT, retry=self._retry)
+        self._call(key, self.bucket.delete_blob, key, timeout=self._timeout, retry=self._retry)
 
     def _delete_many(self, names: list[str]) -> None:
         """Delete objects in parallel; missing ones are fine, other failures are logged."""
 
         def delete(name: str) -> None:
             try:
-                self.bucket.delete_blob(name, timeout=TIMEOUT, retry=self._retry)
+                self.bucket.delete_blob(name, timeout=self._timeout, retry=self._retry)
             except api_exceptions.NotFound:
                 pass
             except Exception as exc:
@@ -313,7 +319,7 @@ class GCSStore(SnapStore):
 
         def send() -> None:
             response = self.client._http.request(
-                "POST", self._upload_url, params=params, data=data, timeout=TIMEOUT,
+                "POST", self._upload_url, params=params, data=data, timeout=self._timeout,
                 headers={"Content-Type": CONTENT_TYPE, "X-Goog-Hash": f"crc32c={expected}"})
             if response.status_code >= 400:
                 raise api_exceptions.from_http_response(response)
@@ -322,7 +328,7 @@ class GCSStore(SnapStore):
                 # GCS validates X-Goog-Hash itself; this catches a server that does not. The bad
                 # object must go, or the exclusive retry would take it for an earlier success.
                 try:
-                    self.bucket.delete_blob(name, timeout=TIMEOUT)
+                    self.bucket.delete_blob(name, timeout=self._timeout)
                 except Exception:
                     pass
                 raise DataCorruption(response, f"crc32c mismatch: sent {expected}, stored {stored}")
@@ -385,7 +391,7 @@ class GCSStore(SnapStore):
         blob.content_type = CONTENT_TYPE
         kwargs = {"if_generation_match": 0} if exclusive else {}
         try:
-            blob.compose([self.bucket.blob(s) for s in sources], timeout=TIMEOUT, retry=self._retry, **kwargs)
+            blob.compose([self.bucket.blob(s) for s in sources], timeout=self._timeout, retry=self._retry, **kwargs)
         except api_exceptions.PreconditionFailed:
             if not exclusive:
                 raise self._error(api_exceptions.PreconditionFailed("compose precondition failed"), key) from None
@@ -417,7 +423,7 @@ class GCSStore(SnapStore):
     def _remove_staging(self, upload: _Upload) -> None:
         # List rather than trust our bookkeeping: a part whose answer was lost still left an object.
         names = [b.name for b in self.client.list_blobs(self.bucket, prefix=upload.staging, page_size=LIST_PAGE,
-                                                        timeout=TIMEOUT, retry=self._retry)]
+                                                        timeout=self._timeout, retry=self._retry)]
         self._delete_many(names)
 
     # -- server-side copy --------------------------------------------------------------------
@@ -425,7 +431,7 @@ class GCSStore(SnapStore):
         """Size and CRC32C: GCS computes the CRC32C of every object's bytes itself, composed and
         rewritten ones included, so a good copy reports the source's."""
         key = self.object_key(snapshot)
-        blob = self._call(key, self.bucket.get_blob, key, timeout=TIMEOUT, retry=self._retry)
+        blob = self._call(key, self.bucket.get_blob, key, timeout=self._timeout, retry=self._retry)
         if blob is None:
             raise ObjectNotFound("no such object", endpoint=self.display, key=key)
         if not blob.crc32c or blob.size is None:
@@ -447,7 +453,7 @@ class GCSStore(SnapStore):
         token = None
         try:
             while True:
-                token, _, _ = target.rewrite(source, token=token, timeout=TIMEOUT, retry=self._retry)
+                token, _, _ = target.rewrite(source, token=token, timeout=self._timeout, retry=self._retry)
                 if token is None:
                     break
         except Exception as exc:

@@ -2,23 +2,45 @@
 
 Writes go to a hidden staging directory beside the tree, are fsynced and then renamed into
 place, so a crash or failure mid-write never leaves a file that lists as a snapshot.
+
+A vanished store is not an empty store: once checked, the container must stay an existing
+directory, and a store tree that was there and disappears is an error (StoreUnavailable), never
+"0 snapshots" (the copier would otherwise take the primary for empty, or the secondary for lost).
+Saves never recreate a vanished container: it may be a mount point that went away.
+
+Staging leftovers: a process killed mid-upload leaves ``.etcdbr-staging/upload-*`` behind. A
+writer holds an exclusive ``flock`` on its staging file until it is renamed into place, so the
+lock is free exactly when no live process writes it (the kernel drops it with the process,
+SIGKILL included). ``check()`` removes a staging file only when its lock is free **and** it was
+not written for :data:`STALE_STAGING` (the age covers filesystems whose locks are not shared
+between hosts: a live upload writes every MiB it gets, and each read of its source is bounded
+by a store or etcd timeout far below an hour).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import logging
 import os
 import tempfile
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ..fsutil import fsync_dir
 from ..errors import ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
 from ..snapshot import Snapshot
-from .base import ObjectAttrs, SnapStore
+from .base import Leftover, ObjectAttrs, SnapStore
+
+log = logging.getLogger(__name__)
 
 COPY_BUFFER = 1024 * 1024
 STAGING_DIR = ".etcdbr-staging"
+STAGING_PREFIX = "upload-"
+#: A staging file not written for this long, whose lock no process holds, is abandoned.
+STALE_STAGING = timedelta(hours=1)
 
 
 class LocalStore(SnapStore):
@@ -29,6 +51,10 @@ class LocalStore(SnapStore):
         container = config.container or "default.bkp"
         base = Path(container) if os.path.isabs(container) else Path.home() / container
         self.root = base
+        #: The container, and the store's tree (``<container>/<prefix>/v2``), were seen: from now
+        #: on their absence is an outage, not an empty store.
+        self._root_seen = False
+        self._tree_seen = False
 
     @property
     def display(self) -> str:
@@ -37,9 +63,27 @@ class LocalStore(SnapStore):
     def _path(self, key: str) -> Path:
         return self.root / key
 
+    def _vanished(self, key: str = "") -> StoreUnavailable | None:
+        """The error for a container that is no directory, or that existed and is gone; else None
+        (a container never seen yet is created by the first check or save)."""
+        if self.root.is_dir():
+            self._root_seen = True
+            return None
+        if self.root.exists():
+            what = "is not a directory"
+        elif self._root_seen:
+            what = "has disappeared"
+        else:
+            return None
+        return StoreUnavailable(f"the container directory {self.root} {what}", endpoint=self.display, key=key)
+
     def _error(self, exc: OSError, key: str) -> StoreError:
-        if exc.errno == errno.ENOENT:
-            return ObjectNotFound("no such object", endpoint=self.display, key=key)
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            vanished = self._vanished(key)
+            if vanished is not None:
+                return vanished
+            if exc.errno == errno.ENOENT:
+                return ObjectNotFound("no such object", endpoint=self.display, key=key)
         if exc.errno in (errno.EACCES, errno.EPERM):
             return PermissionDenied(str(exc.strerror), endpoint=self.display, key=key)
         return StoreUnavailable(f"{exc.strerror or exc}", endpoint=self.display, key=key)
@@ -49,12 +93,29 @@ class LocalStore(SnapStore):
             (self.root / self.prefix).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise self._error(exc, "") from exc
+        self._root_seen = self._tree_seen = True
 
     def _list_objects(self, prefix: str) -> Iterator[tuple[str, ObjectAttrs]]:
+        vanished = self._vanished()
+        if vanished is not None:
+            raise vanished
+        tree = self.root / self.prefix
+        if tree.is_dir():
+            self._tree_seen = True
+        elif self._tree_seen:
+            raise StoreUnavailable(f"the store's directory {tree} has disappeared", endpoint=self.display)
         top = self._path(prefix) if prefix else self.root
         if not top.exists():
             return
-        for dirpath, dirnames, filenames in os.walk(top):
+
+        def walk_error(exc: OSError) -> None:
+            # A subdirectory emptied and removed meanwhile (GC of a v1 or chunk directory) is fine;
+            # anything else would silently drop snapshots from the listing.
+            if exc.errno == errno.ENOENT and Path(exc.filename or "") != top:
+                return
+            raise StoreUnavailable(f"cannot list {exc.filename}: {exc.strerror or exc}", endpoint=self.display)
+
+        for dirpath, dirnames, filenames in os.walk(top, onerror=walk_error):
             dirnames[:] = [d for d in dirnames if d != STAGING_DIR]
             for name in filenames:
                 full = Path(dirpath) / name
@@ -68,12 +129,20 @@ class LocalStore(SnapStore):
         key = self.object_key(snapshot)
         target = self._path(key)
         staging = self.root / STAGING_DIR
+        vanished = self._vanished(key)
+        if vanished is not None:
+            raise vanished
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             staging.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(prefix="upload-", dir=staging)
+            fd, tmp = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=staging)
         except OSError as exc:
             raise self._error(exc, key) from exc
+        try:
+            # Held until the file is renamed into place (or removed): the sweep's "live" test.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # a filesystem without locks: the sweep's age rule still protects this upload
         total = 0
         try:
             with os.fdopen(fd, "wb") as out:
@@ -125,6 +194,47 @@ class LocalStore(SnapStore):
     def copy_from(self, other: SnapStore, src: Snapshot, dst: Snapshot) -> bool:
         return False
 
+    # -- staging leftovers -------------------------------------------------------------------
+    def staging_leftovers(self) -> list[Leftover]:
+        staging = self.root / STAGING_DIR
+        try:
+            entries = list(os.scandir(staging))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise self._error(exc, STAGING_DIR) from exc
+        now = time.time()
+        out = []
+        for entry in entries:
+            if not entry.name.startswith(STAGING_PREFIX):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # renamed into place or removed meanwhile
+            age = max(0.0, now - st.st_mtime)
+            out.append(Leftover(f"{STAGING_DIR}/{entry.name}", age, st.st_size,
+                                age >= STALE_STAGING.total_seconds() and not _locked(entry.path)))
+        return sorted(out, key=lambda leftover: leftover.key)
+
+    def _sweep_leftovers(self) -> None:
+        try:
+            leftovers = self.staging_leftovers()
+        except StoreError as exc:
+            log.warning("could not list abandoned upload leftovers", extra={"store": self.display, "error": str(exc)})
+            return
+        removed = 0
+        for leftover in leftovers:
+            if leftover.abandoned and _remove_unlocked(self.root / leftover.key):
+                removed += 1
+                log.info("removed a staging file an interrupted upload left behind",
+                         extra={"store": self.display, "file": leftover.key, "bytes": leftover.size,
+                                "age_seconds": round(leftover.age)})
+        kept = sum(not leftover.abandoned for leftover in leftovers)
+        if kept:
+            log.info("staging files of uploads that may still be running were kept", extra={
+                "store": self.display, "files": kept, "rule": f"removed once unlocked and {STALE_STAGING} old"})
+
     # Local writes are atomic renames; the multipart primitives are never used.
     def _put_small(self, key, data):  # pragma: no cover - save() is overridden
         raise NotImplementedError
@@ -140,3 +250,45 @@ class LocalStore(SnapStore):
 
     def _abort_upload(self, upload):  # pragma: no cover
         raise NotImplementedError
+
+
+def _locked(path: str | Path) -> bool:
+    """Does a live process hold the writer's lock on this staging file?"""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # no locks on this filesystem: the age alone decides
+    finally:
+        os.close(fd)
+    return False
+
+
+def _remove_unlocked(path: Path) -> bool:
+    """Remove a staging file while holding its lock, so no writer can have taken it meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("could not remove an abandoned staging file", extra={"file": str(path), "error": exc.strerror})
+            return False
+        return True
+    finally:
+        os.close(fd)

@@ -34,6 +34,7 @@ from botocore.credentials import (
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectTimeoutError,
     ConnectionError as BotoConnectionError,
     HTTPClientError,
     IncompleteReadError,
@@ -56,7 +57,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..snapshot import Snapshot, SnapshotNameError, parse_key, parse_listing
-from .base import ObjectAttrs, SnapStore, TranslatingReader
+from .base import SDK_ATTEMPTS, ObjectAttrs, SnapStore, TranslatingReader
 from .credentials import as_bool, load_credentials
 
 log = logging.getLogger(__name__)
@@ -145,9 +146,10 @@ class S3Store(SnapStore):
             verify = self._write_ca(str(values["trustedCaCert"]))
 
         options: dict[str, Any] = {
-            "connect_timeout": 10,
-            "read_timeout": 120,
-            "retries": {"mode": "standard", "max_attempts": 3},
+            # --store-timeout bounds every request; botocore tries each one SDK_ATTEMPTS times.
+            "connect_timeout": self.connect_timeout,
+            "read_timeout": self.request_timeout,
+            "retries": {"mode": "standard", "total_max_attempts": SDK_ATTEMPTS},
             "max_pool_connections": max(10, self.config.max_parallel_chunk_uploads * 2 + 2),
             "user_agent_extra": "etcd-backup-restore",
             "tcp_keepalive": True,
@@ -261,6 +263,9 @@ class S3Store(SnapStore):
         if isinstance(exc, SSLError):
             return StoreError(f"TLS with {self.endpoint_display} failed ({exc}); check trustedCaCert or "
                               "insecureSkipVerify", endpoint=endpoint, key=key)
+        if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError)):
+            return StoreUnavailable(self._timed_out(self.endpoint_display, isinstance(exc, ConnectTimeoutError)),
+                                    endpoint=endpoint, key=key)
         if isinstance(exc, (BotoConnectionError, HTTPClientError, ReadTimeoutError, IncompleteReadError,
                             ResponseStreamingError, OSError)):
             return StoreUnavailable(f"cannot reach {self.endpoint_display} ({_short(exc)})", endpoint=endpoint, key=key)
@@ -284,6 +289,8 @@ class S3Store(SnapStore):
             raise self._error(exc) from exc
         except Exception as exc:
             raise self._error(exc) from exc
+
+    def _sweep_leftovers(self) -> None:
         self._abort_stale_uploads()
 
     def _abort_stale_uploads(self) -> None:
