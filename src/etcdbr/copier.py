@@ -711,8 +711,7 @@ class BackupCopier:
             self._on_secondary = ({s.copier_key() for s in secondary_snaps} - {s.copier_key() for s in plan.to_replace}
                                   | self._copied_during_run)
             # The primary: what it listed, plus what was uploaded (notified) since it was listed.
-            self._on_primary = {s.copier_key() for s in primary_snaps} | {
-                k for k, at in self._queued_at.items() if at >= t0}
+            self._on_primary |= {k for k, at in self._queued_at.items() if at >= t0}
             self._update_counts()
             # Pending: what this run must copy, plus what notify() queued after the primary was
             # listed (not in the listing yet). Anything else pending has been dealt with or deleted.
@@ -766,8 +765,11 @@ class BackupCopier:
                           extra={"endpoint": store.display, "error": _reason(exc)})
                 return None
             listings[role] = own_snapshots(snaps, store.prefix)
+            if role == PRIMARY:  # counted even when the secondary's listing fails next
+                self._on_primary = {s.copier_key() for s in listings[role]}
             self._listed[role] = True
             self._endpoint_ok(role)
+            self._update_counts()
         return listings[PRIMARY], listings[SECONDARY]
 
     def _finish(self, result: SyncResult, t0: float, dry_run: bool) -> SyncResult:

@@ -1,6 +1,7 @@
 """The BackupCopier between real endpoints of different providers (SeaweedFS S3 primary,
 fake-gcs-server secondary), between two buckets of one S3 server (server-side copy), through an
-outage of the secondary's server, and cancelled in the middle of a large copy.
+outage of the secondary's server, and aborted in the middle of a large copy that outlasts the
+shutdown grace.
 
 Snapshot payloads are synthetic bytes under real snapshot names (the copier copies opaque
 objects), plus one real compressed delta that must still decode after the copy.
@@ -490,7 +491,16 @@ def test_secondary_outage_leaves_primary_unaffected_and_catches_up(s3_server, s3
     assert digest_map(secondary) == digest_map(primary)
     assert final_status["secondary"]["available"] is True and final_status["lastSuccessfulSync"]
     errors = messages(caplog, logging.ERROR)
-    assert sum(m.startswith("Failed to copy snapshot") for m in errors) == 1, errors
+    # Phase 1's copy failed, and its stop() gave it one more try (a drain tries what is pending)
+    # before naming it as left behind for the next start.
+    assert sum(m.startswith("Failed to copy snapshot") for m in errors) == 2, errors
+    warnings = messages(caplog, logging.WARNING)
+    assert "snapshot left behind on the primary at shutdown; the next start copies it" in warnings
+    # Each copier said once, at its first failure, that the secondary was down; the second one
+    # said when it was back and how many copies the catch-up took.
+    assert warnings.count("Secondary snapstore unavailable") == 2, warnings
+    recovered = [m for m in messages(caplog, logging.INFO) if m.startswith("Secondary snapstore available again")]
+    assert len(recovered) == 1 and recovered[0].endswith("; 4 snapshots copied to catch up"), recovered
     assert errors.count("Sync run failed: could not list the secondary snapstore; nothing copied or deleted") >= 4
     assert metrics.REGISTRY.get_sample_value("etcdbr_snapstore_available", {"endpoint": "secondary"}) == 1
 
@@ -504,9 +514,9 @@ class Metered:
         self.raw, self.progress, self.slow_after = raw, progress, slow_after
 
     def read(self, n=-1):
-        if self.progress[0] > self.slow_after:
-            time.sleep(0.05)
         data = self.raw.read(n)
+        if self.progress[0] > self.slow_after:
+            time.sleep(0.25 * len(data) / MiB)   # 4 MiB/s: the rest takes ~5 s
         self.progress[0] += len(data)
         return data
 
@@ -546,12 +556,12 @@ def test_stop_during_large_copy_leaves_no_partial_object(kind, request, s3_serve
         await copier.start()
         await wait_for(lambda: progress[0] > 12 * MiB, timeout=60, interval=0.02)
         t = time.monotonic()
-        await copier.stop(10)
+        await copier.stop(1)   # the drain's grace is far shorter than what is left of the copy
         return time.monotonic() - t, copier.status()
 
     took, status = asyncio.run(scenario())
     assert progress[0] < 30 * MiB, "the copy finished before it could be cancelled"
-    assert took < 10
+    assert 1 <= took < 5
     assert status["lastRun"]["succeeded"] is False and status["lastRun"]["copied"] == 0
     deadline = time.monotonic() + 10
     while True:   # the abort runs in the copy's thread just after stop() returns

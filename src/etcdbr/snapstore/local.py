@@ -164,7 +164,7 @@ class LocalStore(SnapStore):
         except BaseException:
             try:
                 os.unlink(tmp)
-            except FileNotFoundError:
+            except OSError:  # gone, or the container vanished under us: the first error matters
                 pass
             raise
         return total
