@@ -75,14 +75,19 @@ Defects this suite found, and the fixes made with it:
 
 Known limits (not defects of what is stored):
 
-- SIGKILL in the middle of an S3 multipart upload leaves the incomplete upload staged (never
-  listed, never restored). Configure the bucket's `AbortIncompleteMultipartUpload` lifecycle rule;
-  GCS staging objects are swept by the store itself after 24 hours.
+- SIGKILL in the middle of an upload leaves its pieces staged (never listed, never restored). The
+  next start of a writing command removes them once no live upload can own them: S3 multipart
+  uploads and GCS staging objects after 24 hours, a Local store's `.etcdbr-staging/upload-*` files
+  after an hour unwritten with no process holding their lock; `verify` lists a Local store's
+  (`test_sigkilled_upload_leaves_staging_that_verify_reports_and_the_next_start_sweeps`). An S3
+  bucket's `AbortIncompleteMultipartUpload` lifecycle rule does the same sooner.
 - `--snapstore-temp-directory` is accepted for compatibility, but no provider spools uploads to
   disk, so there is no store temp file to protect or to fill.
-- A black-holed store (connections accepted, never answered) is detected only after the SDKs'
-  read timeouts (120 s); the proxy can inject it, but the suite does not wait that long in CI. It
-  does black-hole etcd under a running watch, which resumes without a gap when the partition ends.
+- A black-holed store (connections accepted, never answered) fails a request after
+  2 × `--store-timeout` (20 s) + about 1 s, and `snapshot list` within 3 × `--store-timeout` (60 s),
+  retries included (`test_snapshot_list_against_a_silent_endpoint_fails_within_the_default_bound`,
+  against a listener the test owns). The suite also black-holes etcd under a running watch, which
+  resumes without a gap when the partition ends.
 - A credentials change does not trigger a new full snapshot, as the Go tool's does.
 """
 

@@ -143,7 +143,7 @@ def _store_opts(flag_prefix: str, dest: str, env_prefix: str, who: str) -> list[
         Opt(f"{f}store-timeout", f"{dest}.timeout", positive_duration, timedelta(seconds=20),
             f"Longest wait for the {who} on one request (connecting, or between bytes of an answer). The SDK tries "
             "a request twice, so a store that accepts connections and never answers fails a call within about 2x "
-            "this + 1s; 'snapshot list' gives up within 3x this (60s by default). See docs/reliability.md for the "
+            "this + 1s; 'snapshot list' gives up within 3x this (60s by default). See docs/dual-endpoint.md (Timeouts and retries) for the "
             "attempts one failing operation can make."),
     ]
 

@@ -25,6 +25,7 @@ API shows why. Deleting either kind is answered 403 by GCS and raised as Immutab
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import logging
@@ -47,6 +48,7 @@ from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+from google.api_core.retry import Retry, retry_target
 from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 from requests.adapters import HTTPAdapter
@@ -54,7 +56,7 @@ from requests.adapters import HTTPAdapter
 from .. import logs
 from ..errors import ConfigError, EtcdbrError, ImmutableObject, ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
 from ..snapshot import Snapshot, parse_listing
-from .base import ObjectAttrs, SnapStore, TranslatingReader
+from .base import SDK_ATTEMPTS, ObjectAttrs, SnapStore, TranslatingReader
 from .credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -77,9 +79,8 @@ HELD_UNTIL = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 CONTENT_TYPE = "application/octet-stream"
 READ_CHUNK = 8 * 1024 * 1024
 LIST_PAGE = 1000
-#: How long the SDK itself retries one call on 429/5xx/connection errors before giving up (at
-#: most --store-timeout): a request that hangs until its timeout is not tried again.
-SDK_RETRY_SECONDS = 10.0
+#: Wait between the SDK's tries of one request (api_core's own doubles from 1 s up to a deadline).
+SDK_RETRY_WAIT = 0.5
 DELETE_WORKERS = 8
 
 _IMMUTABLE_MESSAGE = re.compile(r"\bretention\b|\bhold\b|\bretained\b", re.IGNORECASE)
@@ -136,7 +137,7 @@ class GCSStore(SnapStore):
         self.bucket = self.client.bucket(self.bucket_name)
         #: (connect, read) seconds per HTTP request: --store-timeout.
         self._timeout = (self.connect_timeout, self.request_timeout)
-        self._retry = DEFAULT_RETRY.with_timeout(min(SDK_RETRY_SECONDS, self.request_timeout))
+        self._retry = _CountedRetry(predicate=DEFAULT_RETRY._predicate, timeout=24 * 3600.0)
         self.staging_root = self.list_root() + STAGING_DIR + "/"
         self._upload_url = f"{self.client._connection.API_BASE_URL}/upload/storage/v1/b/{quote(self.bucket_name, safe='')}/o"
 
@@ -462,6 +463,26 @@ class GCSStore(SnapStore):
                 return self._copy_refused(other, src_key, mapped.reason)
             raise mapped from exc
         return True
+
+
+class _CountedRetry(Retry):
+    """The SDK's retry of one request (on 429, 5xx, connection errors and timeouts), limited to
+    ``SDK_ATTEMPTS`` tries like the other providers' SDKs: api_core's own ``Retry`` only knows a
+    deadline, so how often it tried depended on how fast each try failed."""
+
+    def __call__(self, func, on_error=None):
+        if self._on_error is not None:
+            on_error = self._on_error
+
+        @functools.wraps(func)
+        def wrapped(*args, **kwargs):
+            # After the last allowed wait, an endless one: retry_target gives up at once (its
+            # deadline cannot be met) and raises RetryError with the last failure as its cause.
+            waits = iter([SDK_RETRY_WAIT] * (SDK_ATTEMPTS - 1) + [float("inf")])
+            return retry_target(functools.partial(func, *args, **kwargs), self._predicate, waits,
+                                timeout=self._timeout, on_error=on_error)
+
+        return wrapped
 
 
 def _immutable_until(blob) -> datetime | None:
