@@ -568,9 +568,7 @@ class BackupCopier:
                 tried.add(key)
                 self._spawn(self._copy_and_count(snap, None))
             busy = [t for t in (self._loop_task,) if t is not None and not t.done()] + list(self._tasks)
-            untried = any(k not in tried and k not in self._on_secondary and k not in self._inflight
-                          for k in self._pending)
-            if not busy and not untried and self._queue.empty():
+            if not busy and self._queue.empty():
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -4,6 +4,8 @@
 * :class:`EtcdWriter` - a steady write load through etcd's gRPC gateway, recording the revision
   of every put.
 * :func:`s3_env` / :func:`s3_objects` - point the tool at the test S3 server; read what it wrote.
+* :func:`restore_with_cli` / :func:`keyspace` - restore a data dir with the ``restore`` command;
+  read back the keyspace a data dir holds.
 """
 
 from __future__ import annotations
@@ -172,6 +174,23 @@ def s3_env(s3_server, workdir: Path, prefix: str = "") -> dict[str, str]:
     return {f"{prefix}AWS_APPLICATION_CREDENTIALS_JSON": str(creds)}
 
 
+def s3_primary_gcs_secondary(tmp_path: Path, s3_server, s3_bucket: str, gcs_server, gcs_bucket: str,
+                             store_prefix: str, monkeypatch):
+    """``(env, primary, secondary)``: the environment of a server with an S3 primary and a GCS
+    secondary (set in this process too), and this process's own handles on both stores."""
+    from etcdbr.config import StoreConfig
+    from etcdbr.snapstore import open_store
+
+    env = {**s3_env(s3_server, tmp_path), "STORAGE_EMULATOR_HOST": gcs_server.endpoint}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    primary = open_store(StoreConfig(provider="S3", container=s3_bucket, prefix=store_prefix,
+                                     endpoint_override=s3_server.endpoint))
+    secondary = open_store(StoreConfig(provider="GCS", container=gcs_bucket, prefix=store_prefix,
+                                       env_prefix="SECONDARY_"))
+    return env, primary, secondary
+
+
 def s3_store_args(s3_server, bucket: str, store_prefix: str) -> list[str]:
     return ["--storage-provider", "S3", "--store-container", bucket, "--store-prefix", store_prefix,
             "--store-endpoint-override", s3_server.endpoint]
@@ -198,3 +217,30 @@ def fulls(snaps) -> list[Snapshot]:
 
 def deltas(snaps) -> list[Snapshot]:
     return [s for s in snaps if s.kind is Kind.INCR]
+
+
+def restore_with_cli(tmp_path: Path, name: str, store_flags: list[str], env: dict) -> Path:
+    """Run ``restore`` (in-process, as the CLI) into ``tmp_path/<name>.etcd``; the data dir."""
+    from click.testing import CliRunner
+
+    import snapshot_factory as sf
+    from etcdbr.cli.main import cli
+
+    data_dir = tmp_path / f"{name}.etcd"
+    result = CliRunner().invoke(cli, [
+        "restore", f"--data-dir={data_dir}", f"--restoration-temp-snapshots-dir={tmp_path / (name + '-tmp')}",
+        f"--etcd-bin-dir={sf.etcd_bin_dir()}", f"--name={name}", f"--initial-cluster={name}=http://localhost:2380",
+        *store_flags], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return data_dir
+
+
+def keyspace(data_dir: Path):
+    """The keyspace and revision of a data dir, read through a temporary etcd serving it."""
+    import snapshot_factory as sf
+
+    server = sf.serve(data_dir, sf.etcd_bin_dir())
+    try:
+        return sf.dump(server.client_url)
+    finally:
+        server.cleanup()

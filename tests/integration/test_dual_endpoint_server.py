@@ -11,16 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-import snapshot_factory as sf
-from etcdbr.cli.main import cli
-from etcdbr.config import StoreConfig
-from etcdbr.snapstore import open_store
-from server_helpers import EtcdWriter, ServerProcess, s3_env, s3_store_args
+from server_helpers import EtcdWriter, ServerProcess, keyspace, restore_with_cli, s3_primary_gcs_secondary, s3_store_args
 
 pytestmark = pytest.mark.integration
 
@@ -29,34 +23,11 @@ def _keys(snaps) -> set[str]:
     return {s.copier_key() for s in snaps if not s.is_chunk}
 
 
-def _restore(tmp_path: Path, name: str, store_flags: list[str], env: dict) -> Path:
-    data_dir = tmp_path / f"{name}.etcd"
-    result = CliRunner().invoke(cli, [
-        "restore", f"--data-dir={data_dir}", f"--restoration-temp-snapshots-dir={tmp_path / (name + '-tmp')}",
-        f"--etcd-bin-dir={sf.etcd_bin_dir()}", f"--name={name}", f"--initial-cluster={name}=http://localhost:2380",
-        *store_flags], env=env, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return data_dir
-
-
-def _keyspace(data_dir: Path) -> sf.Dump:
-    server = sf.serve(data_dir, sf.etcd_bin_dir())
-    try:
-        return sf.dump(server.client_url)
-    finally:
-        server.cleanup()
-
-
 def test_server_keeps_a_gcs_secondary_equal_to_an_s3_primary(tmp_path, etcd_factory, s3_server, s3_bucket,
                                                             gcs_server, gcs_bucket, monkeypatch):
     etcd = etcd_factory()
-    env = {**s3_env(s3_server, tmp_path), "STORAGE_EMULATOR_HOST": gcs_server.endpoint}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    primary = open_store(StoreConfig(provider="S3", container=s3_bucket, prefix="dual",
-                                     endpoint_override=s3_server.endpoint))
-    secondary = open_store(StoreConfig(provider="GCS", container=gcs_bucket, prefix="dual",
-                                       env_prefix="SECONDARY_"))
+    env, primary, secondary = s3_primary_gcs_secondary(tmp_path, s3_server, s3_bucket, gcs_server, gcs_bucket,
+                                                       "dual", monkeypatch)
     server = ServerProcess(tmp_path, [
         "--endpoints", etcd.client_url, *s3_store_args(s3_server, s3_bucket, "dual"),
         "--secondary-storage-provider=GCS", f"--secondary-store-container={gcs_bucket}",
@@ -102,9 +73,9 @@ def test_server_keeps_a_gcs_secondary_equal_to_an_s3_primary(tmp_path, etcd_fact
     # Every copy holds the primary's bytes, so a restore from the secondary alone gives the same
     # keyspace and revision as one from the primary.
     assert _keys(primary.list()) == _keys(secondary.list())
-    from_secondary = _restore(tmp_path, "fromsecondary", [
+    from_secondary = restore_with_cli(tmp_path, "fromsecondary", [
         "--secondary-storage-provider=GCS", f"--secondary-store-container={gcs_bucket}",
         "--secondary-store-prefix=dual", "--restore-from=secondary"], env)
-    from_primary = _restore(tmp_path, "fromprimary", s3_store_args(s3_server, s3_bucket, "dual"), env)
-    a, b = _keyspace(from_primary), _keyspace(from_secondary)
+    from_primary = restore_with_cli(tmp_path, "fromprimary", s3_store_args(s3_server, s3_bucket, "dual"), env)
+    a, b = keyspace(from_primary), keyspace(from_secondary)
     assert a.revision == b.revision and a.kvs == b.kvs

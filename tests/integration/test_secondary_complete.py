@@ -26,16 +26,15 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import snapshot_factory as sf
-from etcdbr.cli.main import cli
 from etcdbr.config import StoreConfig
 from etcdbr.snapshot import Kind, new_snapshot
 from etcdbr.snapstore import open_store
 from etcdbr.snapstore.local import STAGING_DIR, STALE_STAGING
 from faultproxy import FaultProxy
-from server_helpers import EtcdWriter, ServerProcess, s3_env, s3_store_args
+from server_helpers import (EtcdWriter, ServerProcess, keyspace, restore_with_cli, s3_env,
+                            s3_primary_gcs_secondary, s3_store_args)
 from services.etcd import run_etcdctl
 
 pytestmark = pytest.mark.integration
@@ -50,24 +49,6 @@ QUIET = ["--schedule=0 0 1 1 *", "--delta-snapshot-period=10m", "--backup-sync-p
 
 def _keys(snaps) -> set[str]:
     return {s.copier_key() for s in snaps if not s.is_chunk}
-
-
-def _restore(tmp_path: Path, name: str, store_flags: list[str], env: dict) -> Path:
-    data_dir = tmp_path / f"{name}.etcd"
-    result = CliRunner().invoke(cli, [
-        "restore", f"--data-dir={data_dir}", f"--restoration-temp-snapshots-dir={tmp_path / (name + '-tmp')}",
-        f"--etcd-bin-dir={sf.etcd_bin_dir()}", f"--name={name}", f"--initial-cluster={name}=http://localhost:2380",
-        *store_flags], env=env, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return data_dir
-
-
-def _keyspace(data_dir: Path) -> sf.Dump:
-    server = sf.serve(data_dir, sf.etcd_bin_dir())
-    try:
-        return sf.dump(server.client_url)
-    finally:
-        server.cleanup()
 
 
 def _log_records(server: ServerProcess) -> list[dict]:
@@ -88,12 +69,8 @@ def _final_delta(snaps):
 def test_sigterm_copies_the_final_delta_and_the_secondary_restores_the_live_keyspace(
         tmp_path, etcd_factory, s3_server, s3_bucket, gcs_server, gcs_bucket, monkeypatch):
     etcd = etcd_factory()
-    env = {**s3_env(s3_server, tmp_path), "STORAGE_EMULATOR_HOST": gcs_server.endpoint}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    primary = open_store(StoreConfig(provider="S3", container=s3_bucket, prefix="stop",
-                                     endpoint_override=s3_server.endpoint))
-    secondary = open_store(StoreConfig(provider="GCS", container=gcs_bucket, prefix="stop", env_prefix="SECONDARY_"))
+    env, primary, secondary = s3_primary_gcs_secondary(tmp_path, s3_server, s3_bucket, gcs_server, gcs_bucket,
+                                                       "stop", monkeypatch)
     server = ServerProcess(tmp_path, [
         "--endpoints", etcd.client_url, *s3_store_args(s3_server, s3_bucket, "stop"),
         "--secondary-storage-provider=GCS", f"--secondary-store-container={gcs_bucket}",
@@ -124,7 +101,7 @@ def test_sigterm_copies_the_final_delta_and_the_secondary_restores_the_live_keys
     assert not any(m.startswith("snapshot left behind") for m in messages)
 
     # The secondary alone restores exactly what the live etcd holds.
-    restored = _keyspace(_restore(tmp_path, "fromsecondary", [
+    restored = keyspace(restore_with_cli(tmp_path, "fromsecondary", [
         "--secondary-storage-provider=GCS", f"--secondary-store-container={gcs_bucket}",
         "--secondary-store-prefix=stop", "--restore-from=secondary"], env))
     assert restored.revision == live.revision
@@ -195,7 +172,7 @@ def test_losing_leadership_copies_the_final_delta_to_the_secondary(tmp_path, etc
     assert final.copier_key() in _keys(secondary.list())
     assert final.last_revision >= writer.writes[-1][2]
 
-    restored = _keyspace(_restore(tmp_path, "fromsecondary", [*secondary_flags, "--restore-from=secondary"], env))
+    restored = keyspace(restore_with_cli(tmp_path, "fromsecondary", [*secondary_flags, "--restore-from=secondary"], env))
     # The live cluster may have moved on only by what the new leader took since (nothing: no
     # writes after the move), so the secondary restores it exactly.
     assert restored.kvs == live.kvs
@@ -311,12 +288,17 @@ def test_sigkilled_upload_leaves_staging_that_verify_reports_and_the_next_start_
     etcd = etcd_factory()
     server_flags = ["--endpoints", etcd.client_url, *local_flags, "--schedule=0 0 1 1 *",
                     "--delta-snapshot-period=0s", "--garbage-collection-period=0s", "--log-format=json"]
-    first = ServerProcess(tmp_path, server_flags, env, name="first-start").start()
-    try:
-        first.wait_healthy()
-        assert first.terminate() == 0
-    finally:
-        first.stop()
+
+    def start_and_stop(name: str) -> ServerProcess:
+        server = ServerProcess(tmp_path, server_flags, env, name=name).start()
+        try:
+            server.wait_healthy()
+            assert server.terminate() == 0
+        finally:
+            server.stop()
+        return server
+
+    first = start_and_stop("first-start")
     assert leftover.exists()
     assert any(m == "staging files of uploads that may still be running were kept" for m in _messages(first))
 
@@ -324,12 +306,7 @@ def test_sigkilled_upload_leaves_staging_that_verify_reports_and_the_next_start_
     os.utime(leftover, (then, then))   # the passage of the safe age, without waiting an hour
     (reported,) = verify()["uploadLeftovers"]
     assert reported["abandoned"] is True
-    second = ServerProcess(tmp_path, server_flags, env, name="second-start").start()
-    try:
-        second.wait_healthy()
-        assert second.terminate() == 0
-    finally:
-        second.stop()
+    second = start_and_stop("second-start")
     assert not leftover.exists()
     swept = [r for r in _log_records(second) if r.get("msg") == "removed a staging file an interrupted upload left behind"]
     assert len(swept) == 1 and swept[0]["file"] == f"{STAGING_DIR}/{leftover.name}"
