@@ -211,7 +211,7 @@ def test_secondary_outage_is_loud_at_once_and_its_recovery_says_how_long(tmp_pat
         assert warns[0]["endpoint"] == f"Local/{secondary_dir}" and "is not a directory" in warns[0]["reason"]
         # Within the first copy attempt: the copy's retries (3 s, then 6 s) have not run out yet.
         assert not any(r.get("msg", "").startswith("Failed to copy snapshot") for r in records)
-        assert flipped < 3
+        assert flipped < 5
         metrics = server.get("/metrics")[2].decode()
         assert 'etcdbr_snapstore_available{endpoint="secondary"} 0.0' in metrics
 
@@ -231,7 +231,7 @@ def test_secondary_outage_is_loud_at_once_and_its_recovery_says_how_long(tmp_pat
     finally:
         server.stop()
     line = next(r for r in _log_records(server) if r.get("msg", "").startswith("Secondary snapstore available again"))
-    assert line["level"] == "info" and line["copies_caught_up"] >= 2 and line["down_seconds"] >= 4
+    assert line["level"] == "info" and line["copies_caught_up"] >= 2 and line["down_seconds"] >= 3
     assert recovered < 3 + 5   # found by the probe run, every --backup-sync-retry-backoff while down
 
 
