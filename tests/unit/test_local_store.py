@@ -305,3 +305,23 @@ def test_a_save_holds_the_lock_of_its_staging_file_until_it_is_in_place(home):
     store.save(snap(store), Watching())
     assert seen and all(seen)
     assert list((store.root / STAGING_DIR).iterdir()) == []
+
+
+def test_verify_lists_staging_leftovers_without_calling_them_defects(home):
+    from etcdbr.snapstore.local import STALE_STAGING
+    from etcdbr.verify import verify_store
+
+    store = make()
+    store.check()
+    _leftover(store, "upload-old", STALE_STAGING.total_seconds() + 60, b"x" * 10)
+    _leftover(store, "upload-new", 5)
+    report = verify_store(store, check_content=False)
+    assert report.ok and report.defects == []
+    assert [(x.key, x.abandoned) for x in report.leftovers] == [
+        (f"{STAGING_DIR}/upload-new", False), (f"{STAGING_DIR}/upload-old", True)]
+    text = report.render()
+    assert "2 leftover(s) of interrupted uploads (no defect):" in text
+    assert f"{STAGING_DIR}/upload-old: 10 bytes, last written" in text
+    assert "abandoned: the next start of server, snapshot or copy removes it" in text
+    assert "recent or locked: may belong to an upload still running" in text
+    assert report.to_json()["uploadLeftovers"][1]["abandoned"] is True
