@@ -44,7 +44,7 @@ def apply_server_defaults(config) -> None:
 @click.command(name="server")
 @add_options(*GROUPS, "logging", extra=EXTRA)
 @_compat_options
-@command_runner(*GROUPS, extra=EXTRA)
+@command_runner(*GROUPS, extra=EXTRA, member=True)
 def command(config, **params) -> int:
     """Run the backup sidecar: the HTTP API at once, then snapshots and garbage collection while
     this sidecar's etcd member is the Raft leader (followers only serve the API)."""

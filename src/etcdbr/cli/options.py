@@ -352,19 +352,26 @@ def resolve(params: dict, *groups: str, extra: list[Opt] | None = None) -> Confi
     unknown = sorted(set(file_values) - known - set(COMPAT_IGNORED))
     if unknown:
         raise ConfigError(f"--config-file: unknown key {unknown[0]!r} for this command")
+    origins = config.extra.setdefault("origins", {})  # flag name -> where its value came from
     for opt in [o for g in groups for o in GROUPS[g]] + (extra or []):
         raw = params.get(opt.name.replace("-", "_"))
         if opt.multiple and raw == ():
             raw = None
         if raw is not None:
-            value = _parse(opt, raw, f"--{opt.name}")
+            origin = f"--{opt.name}"
         elif (env := next((e for e in opt.env if os.environ.get(e) not in (None, "")), None)) is not None:
-            value = _parse(opt, os.environ[env], f"environment variable {env}")
+            raw, origin = os.environ[env], f"environment variable {env}"
         elif (key := next((k for k in (opt.name, *opt.aliases) if k in file_values), None)) is not None:
-            value = _parse(opt, file_values[key], f"{key!r} in --config-file")
+            raw, origin = file_values[key], f"{key!r} in --config-file"
         else:
-            value = list(opt.default) if isinstance(opt.default, list) else opt.default
-        _set(config, opt.dest, value)
+            origins[opt.name] = "default"
+            _set(config, opt.dest, list(opt.default) if isinstance(opt.default, list) else opt.default)
+            continue
+        origins[opt.name] = origin
+        _set(config, opt.dest, _parse(opt, raw, origin))
+    # The Go tool's ignored flags: their values are still checked as the Go tool checks them.
+    config.extra["compat"] = {n: v for n in COMPAT_IGNORED if (v := next(
+        (x for x in (params.get(f"compat_{n.replace('-', '_')}"), file_values.get(n)) if x is not None), None)) is not None}
     return config
 
 

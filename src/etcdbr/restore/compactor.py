@@ -73,6 +73,8 @@ class Compactor:
             db_bytes = self._take_snapshot(client, db_path)
             member.stop()
             member = None
+            if self.restorer.auth_switched_off:
+                switch_auth_on_in_snapshot(db_path)
             snapshot, stored = self._upload(db_path, revision)
         finally:
             if member is not None:
@@ -112,6 +114,28 @@ class Compactor:
                 if stream is not raw:
                     stream.close()
         return snapshot, stored
+
+
+def switch_auth_on_in_snapshot(path: Path) -> None:
+    """The temporary member replayed with etcd authentication switched off (see
+    ``Restorer._switch_auth_off``); the snapshot it gave must carry it on again, as the chain it
+    replaces did. The flag is flipped in the snapshot's db and its SHA-256 trailer recomputed."""
+    from .bbolt import set_auth_enabled
+
+    set_auth_enabled(path, True)
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "r+b") as fh:
+        remaining = size - 32
+        while remaining:
+            chunk = fh.read(min(remaining, 1 << 20))
+            h.update(chunk)
+            remaining -= len(chunk)
+        fh.seek(size - 32)
+        fh.write(h.digest())
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.info("switched etcd authentication back on in the compacted snapshot", extra={"path": str(path)})
 
 
 def verify_db_trailer(path: Path) -> None:

@@ -50,6 +50,7 @@ class Validation:
     status: DataDirStatus
     reason: str = ""
     revision: int | None = None
+    members: list[str] | None = None  # MemberMismatch: the names the data dir records
 
     @property
     def valid(self) -> bool:
@@ -100,7 +101,7 @@ def _records_member(members: list[dict], name: str, peer_urls: Sequence[str]) ->
     return False
 
 
-def validate_data_dir(data_dir: str | Path, mode: str, *, name: str, latest_revision: int | None,
+def validate_data_dir(data_dir: str | Path, mode: str, *, name: str | None, latest_revision: int | None,
                       release: EtcdRelease | Callable[[], EtcdRelease] | None = None,
                       peer_urls: Sequence[str] = ()) -> Validation:
     """Judge ``data_dir``. Raises :class:`DataDirLocked` when a running etcd owns it.
@@ -109,7 +110,8 @@ def validate_data_dir(data_dir: str | Path, mode: str, *, name: str, latest_revi
     passes None for multi-member clusters, where Raft catches a member up) makes a db behind it
     RevisionBehind. ``peer_urls`` (``--initial-advertise-peer-urls``) recognise this member among
     unnamed membership records. ``release`` (or a function returning it, called only when
-    needed) runs the full mode's ``etcdutl snapshot status``; without it that step is skipped."""
+    needed) runs the full mode's ``etcdutl snapshot status``; without it that step is skipped.
+    ``name`` None: any member's data dir (no membership check)."""
     path = Path(data_dir)
     if not path.exists():
         return Validation(DataDirStatus.NOT_EXIST, f"{path} does not exist")
@@ -136,10 +138,10 @@ def validate_data_dir(data_dir: str | Path, mode: str, *, name: str, latest_revi
     except OSError as exc:
         return Validation(DataDirStatus.CORRUPT, f"{db}: {exc.strerror or exc}")
     names = [m.get("name", "") for m in info.members]
-    if info.members and not _records_member(info.members, name, peer_urls):
+    if name is not None and info.members and not _records_member(info.members, name, peer_urls):
         return Validation(DataDirStatus.MEMBER_MISMATCH,
                           f"the data dir belongs to member(s) {', '.join(map(repr, names))}, not {name!r}",
-                          revision=info.revision)
+                          revision=info.revision, members=names)
     if mode == "full":
         bad = [n for n in wal_files if not WAL_NAME.match(n)]
         if bad:
