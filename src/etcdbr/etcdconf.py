@@ -152,5 +152,5 @@ def apply_member_identity(config) -> MemberIdentity | None:
         config.restoration.initial_cluster_state = ident.initial_cluster_state
     if used:
         log.info("member settings from etcd's config file (flags win)", extra={"file": ident.path, **{
-            k.replace("-", "_"): v for k, v in used.items()}})
+            ("member" if k == "name" else k.replace("-", "_")): v for k, v in used.items()}})
     return ident

@@ -1,21 +1,26 @@
 """The initializer: make ``--data-dir`` fit for etcd to start, restoring it only when it is not.
 
-A healthy data dir is left exactly as it is (validation only reads).
+A healthy data dir is left exactly as it is (validation only reads). Before anything, the
+wrong-volume guard (:func:`.datadir.check_volume`) refuses a volume of another namespace, and a
+data dir whose db names other members than ``--name`` is refused (exit 2, both names in the
+line): the name in the flags or etcd's config file is wrong, or the volume is another member's.
+Neither is ever restored over or moved.
 
-One-member clusters: a missing, empty, corrupt or foreign data dir, or one whose revision is
-behind the latest snapshot even after etcd's own WAL replay, is rebuilt from the store into
-``<data-dir>.part`` and swapped in (see :mod:`.restorer`). When there is nothing to restore from
-(no store configured, or a store that answered and holds no full snapshot) an unusable data dir
-is removed so etcd starts a fresh member, as the Go tool does. A store that fails is never read
-as "empty": then nothing is removed and initialization fails.
+One-member clusters: a missing, empty or corrupt data dir, or one whose revision is behind the
+latest snapshot even after etcd's own WAL replay, is rebuilt from the store into
+``<data-dir>.part``, checked and put in place; the old one is moved aside and kept (see
+:mod:`.restorer`, :mod:`.datadir`). When there is nothing to restore from (no store configured,
+or a store that answered and holds no full snapshot) an unusable data dir is moved aside (the Go
+tool deletes it) so etcd starts a fresh member; a healthy one is kept. A store that fails is
+never read as "empty": then nothing is moved and initialization fails.
 
 Multi-member clusters (more than one member in ``--initial-cluster``), as the Go tool:
 
 * no revision check: a member behind the latest snapshot is caught up by Raft when it starts;
-* an unusable data dir is never rebuilt from a snapshot while the rest of the cluster has a
-  quorum (asked through ``--service-endpoints``, else ``--endpoints``, plus the client URLs the
-  other members advertise): the member is replaced through etcd's membership API and synced
-  from the leader (see :mod:`.membership`);
+* an unusable (missing, empty, corrupt) data dir is never rebuilt from a snapshot while the rest
+  of the cluster has a quorum (asked through ``--service-endpoints``, else ``--endpoints``, plus
+  the client URLs the other members advertise): the member is replaced through etcd's membership
+  API and synced from the leader (see :mod:`.membership`), its old data dir kept aside;
 * only when no other member has a quorum and none of those up holds data of its own (all of
   them restored or new, or none up within ``--quorum-wait``; asked on their peer URLs from
   ``--initial-cluster``) is it a whole-cluster loss, and the member is restored from the store

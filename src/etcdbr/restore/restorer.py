@@ -2,9 +2,14 @@
 
 What a restore promises:
 
-* The previous data dir is never touched until the new one is complete. The new one is built in
-  ``<data-dir>.part`` beside it and swapped in with renames (old aside, new in, old removed); a
-  failure at any step before the swap leaves the old data dir exactly as it was.
+* The previous data dir is never touched until the new one is complete and checked (its db
+  opens, names the member, holds the revision reached, has etcd authentication on exactly when
+  the full snapshot had). The new one is built in ``<data-dir>.part`` beside it and put in place
+  with renames; the old one is moved aside and kept (:mod:`.datadir`). A failure at any step
+  before that leaves the old data dir exactly as it was. A non-empty data dir is replaced only
+  when the caller asks, and never one etcd can open at the backup's revision or later.
+* A backup with etcd authentication on is replayed with auth switched off in the db being built
+  (the replay writes as no user); it is switched back on before the check above.
 * The full snapshot is restored by the real ``etcdutl snapshot restore`` of the configured etcd
   release, which also checks etcd's SHA-256 trailer (unless ``--skip-hash-check``).
 * Deltas are replayed through a temporary etcd member on the ``.part`` dir, one transaction per

@@ -1,7 +1,8 @@
 """Is an etcd data dir fit to start from? Read-only checks; nothing here writes to the data dir.
 
 ``sanity``: the directory layout (``member/snap/db``, ``member/wal/*.wal``), bbolt's meta pages
-(magic, version, checksum), the membership recorded in the db (a member of our ``--name``) and,
+(magic, version, checksum), the membership recorded in the db (a member of our ``--name``; a
+mismatch is reported, and the initializer refuses it rather than judge the data unusable) and,
 when the caller asks for it (one-member clusters), the db's revision against the latest
 snapshot's. ``full`` adds a read of the whole db by the configured ``etcdutl snapshot status``
 (which fails on damaged pages) and the WAL file names.
