@@ -477,3 +477,33 @@ def test_server_initialization_obeys_the_same_rules(tpl, tmp_path):
     assert len(kept) == 1 and kept[0].name.endswith("-behind") and f"aside={kept[0]}" in server.log_text()
     assert keys_of(data_dir, tpl.bin_dir) == tpl.keys30
     assert keys_of_aside(kept[0], tmp_path, tpl.bin_dir) == tpl.keys25
+
+
+# -- no room on the volume for the old and the restored data dir ---------------------------------------
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_no_room_for_both_fails_and_deletes_nothing(tpl, tmp_path, monkeypatch, when):
+    import errno
+
+    import etcdbr.restore.restorer as restorer
+
+    data_dir = member_dir(tpl.dir30, tmp_path)
+    damaged = _corrupt(data_dir)
+    earlier = data_dir.parent / f"{NAME}.etcd.aside-20240101T000000Z-corrupt"
+    shutil.copytree(tpl.dir25, earlier, symlinks=True)
+    before, volume_before = fingerprint(data_dir), volume(data_dir)
+    if when == "before":
+        real = shutil.disk_usage
+        monkeypatch.setattr(restorer.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    else:
+        def full_disk(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        monkeypatch.setattr(restorer, "fsync_tree", full_disk)
+    result = run(["restore", *common(tpl, data_dir), *store_flags(tpl.newer), *as_member(), "--replace-data-dir"])
+    assert result.exit_code == 1, result.output
+    line = error_line(result)
+    assert line.startswith(f"error: no room on the volume of {data_dir} for the restored data dir beside the old one"), line
+    assert line.endswith(f"the old data dir is untouched and nothing was deleted to make room; the asides {earlier} "
+                         "could be removed to free space"), line
+    assert ("1000 bytes free" if when == "before" else "No space left on device") in line
+    assert fingerprint(data_dir) == before and volume(data_dir) == volume_before
+    assert (data_dir / "member" / "snap" / "db").read_bytes() == damaged

@@ -143,6 +143,8 @@ def _store_opts(flag_prefix: str, dest: str, env_prefix: str, who: str) -> list[
     ]
 
 
+_FROM_ETCD_CONF = " Unset: from etcd's config file (ETCD_CONF) for server, initialize and restore."
+
 GROUPS: dict[str, list[Opt]] = {
     "store": _store_opts("", "store", "", "snapstore"),
     "secondary": _store_opts("secondary-", "secondary", "SECONDARY_", "secondary snapstore"),
@@ -193,14 +195,17 @@ GROUPS: dict[str, list[Opt]] = {
             "Longest retry delay at startup."),
     ],
     "restoration": [
-        Opt("initial-cluster", "restoration.initial_cluster", text, "default=http://localhost:2380", "Initial cluster of the restored member."),
-        Opt("initial-cluster-token", "restoration.initial_cluster_token", text, "etcd-cluster", "Initial cluster token."),
-        Opt("data-dir", "restoration.data_dir", text, "default.etcd", "etcd data directory to restore or validate.", short="d"),
+        Opt("initial-cluster", "restoration.initial_cluster", text, "default=http://localhost:2380",
+            "Initial cluster of the restored member." + _FROM_ETCD_CONF),
+        Opt("initial-cluster-token", "restoration.initial_cluster_token", text, "etcd-cluster",
+            "Initial cluster token." + _FROM_ETCD_CONF),
+        Opt("data-dir", "restoration.data_dir", text, "default.etcd",
+            "etcd data directory to restore or validate." + _FROM_ETCD_CONF, short="d"),
         Opt("restoration-temp-snapshots-dir", "restoration.temp_snapshots_dir", text, "default.restoration.tmp",
             "Directory for snapshots downloaded during a restore."),
         Opt("initial-advertise-peer-urls", "restoration.initial_advertise_peer_urls", text, ["http://localhost:2380"],
-            "Peer URLs of the restored member.", multiple=True),
-        Opt("name", "restoration.name", text, "default", "Member name of the restored member."),
+            "Peer URLs of the restored member." + _FROM_ETCD_CONF, multiple=True),
+        Opt("name", "restoration.name", text, "default", "Member name of the restored member." + _FROM_ETCD_CONF),
         Opt("skip-hash-check", "restoration.skip_hash_check", parse_bool, False,
             "Do not check the full snapshot's SHA-256 trailer (for a db copied from a data dir).", is_bool=True),
         Opt("max-fetchers", "restoration.max_fetchers", positive_int, 6, "Delta snapshots downloaded in parallel ahead of replay."),

@@ -314,8 +314,11 @@ class Restorer:
             aside = swap_in(part, data, reason_word(judged))
         except BaseException as exc:
             shutil.rmtree(part, ignore_errors=True)
-            if isinstance(exc, (OSError, EtcdbrError)) and is_no_space(exc if isinstance(exc, OSError) else str(exc)):
-                raise no_room(data, str(exc) if isinstance(exc, EtcdbrError) else (exc.strerror or str(exc))) from exc
+            text = str(exc) if isinstance(exc, EtcdbrError) else getattr(exc, "strerror", None) or str(exc)
+            # the data dir's volume (a full --restoration-temp-snapshots-dir elsewhere keeps its own error)
+            if isinstance(exc, (OSError, EtcdbrError)) and is_no_space(text) and (
+                    isinstance(exc, OSError) or str(data) in text):
+                raise no_room(data, text) from exc
             raise
         finally:
             self.progress.close()
