@@ -76,7 +76,7 @@ def _config(etcd, store) -> Config:
     return config
 
 
-def test_auth_enabled_backup_restores_with_auth_still_on(etcd_factory, tmp_path):
+def _auth_etcd(etcd_factory):
     etcd = etcd_factory(name=NAME)
     for i in range(10):
         etcd.etcdctl("put", f"app/{i}", f"before-{i}")
@@ -86,6 +86,11 @@ def test_auth_enabled_backup_restores_with_auth_still_on(etcd_factory, tmp_path)
     _ctl(etcd, "user", "add", "alice:alice-Passw0rd", user=None)
     _ctl(etcd, "user", "grant-role", "alice", "reader", user=None)
     _ctl(etcd, "auth", "enable", user=None)
+    return etcd
+
+
+def test_auth_enabled_backup_restores_with_auth_still_on(etcd_factory, tmp_path):
+    etcd = _auth_etcd(etcd_factory)
 
     store = open_store(StoreConfig(provider="Local", container=str(tmp_path / "bucket"), prefix="etcd"))
     config = _config(etcd, store)
@@ -153,3 +158,54 @@ def test_auth_enabled_backup_restores_with_auth_still_on(etcd_factory, tmp_path)
         assert _security(server) == security
     finally:
         server.cleanup()
+
+
+def test_auth_enabled_member_behind_the_backup_is_judged_by_its_revision(etcd_factory, tmp_path):
+    """The initializer lets etcd replay the WAL of a data dir behind the backup and asks its
+    revision; with auth on, reads need a user, and the answer must still be the revision (not
+    "etcd cannot start on the data dir")."""
+    import shutil
+
+    etcd = _auth_etcd(etcd_factory)
+    for i in range(10):
+        _ctl(etcd, "put", f"app/{i}", f"after-{i}")
+    etcd.stop()
+    member = tmp_path / "vol" / f"{NAME}.etcd"
+    shutil.copytree(etcd.data_dir, member, symlinks=True)
+    behind = _everything_offline(member)
+    etcd.start()
+    for i in range(10, 15):
+        _ctl(etcd, "put", f"app/{i}", f"after-{i}")
+    store = open_store(StoreConfig(provider="Local", container=str(tmp_path / "bucket"), prefix="etcd"))
+    config = _config(etcd, store)
+
+    async def full() -> None:
+        snapper = Snapshotter(store, config)
+        await snapper.take_full_snapshot()
+        await snapper.close()
+
+    asyncio.run(full())
+    expected, security = _everything(etcd), _security(etcd)
+    result = CliRunner().invoke(cli, [
+        "initialize", "--storage-provider=Local", f"--store-container={tmp_path / 'bucket'}", "--store-prefix=etcd",
+        f"--data-dir={member}", f"--restoration-temp-snapshots-dir={tmp_path / 'restore-tmp'}",
+        f"--etcd-bin-dir={config.restoration.etcd_bin_dir}", f"--name={NAME}",
+        f"--initial-cluster={NAME}=http://localhost:2380", "--endpoints=http://127.0.0.1:1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "letting etcd replay its WAL" in result.stderr
+    assert f"status=RevisionBehind reason=\"revision {behind} after WAL replay is still behind" in result.stderr, \
+        result.stderr
+    assert "cannot start" not in result.stderr
+    kept = [p for p in member.parent.iterdir() if p.name.startswith(f"{NAME}.etcd.aside-")]
+    assert len(kept) == 1 and kept[0].name.endswith("-behind")
+    server = sf.serve(member, Path(config.restoration.etcd_bin_dir))
+    try:
+        _assert_auth_on_as_before(server, expected, security)
+    finally:
+        server.cleanup()
+
+
+def _everything_offline(data_dir: Path) -> int:
+    from etcdbr.restore.bbolt import read_etcd_db
+
+    return read_etcd_db(data_dir / "member" / "snap" / "db").revision
