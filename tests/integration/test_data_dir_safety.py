@@ -174,10 +174,12 @@ def test_default_name_never_touches_a_healthy_member(tpl, tmp_path, store):
     assert keys_of(data_dir, tpl.bin_dir) == tpl.keys25
 
 
-def test_right_name_with_an_older_backup_keeps_the_member(tpl, tmp_path):
+@pytest.mark.parametrize("store", ["older", "none", "empty"])
+def test_right_name_keeps_the_member(tpl, tmp_path, store):
     data_dir = member_dir(tpl.dir25, tmp_path)
     before = fingerprint(data_dir)
-    result = run(["initialize", *common(tpl, data_dir), *store_flags(tpl.older), *as_member()])
+    container = {"none": None, "empty": tpl.empty, "older": tpl.older}[store]
+    result = run(["initialize", *common(tpl, data_dir), *store_flags(container), *as_member()])
     assert result.exit_code == 0, result.output
     assert "data dir is valid; leaving it untouched" in result.stderr and "revision=26" in result.stderr
     assert fingerprint(data_dir) == before and volume(data_dir) == [f"{NAME}.etcd"]
@@ -412,7 +414,8 @@ def test_member_identity_comes_from_etcds_config_file_and_flags_win(tpl, tmp_pat
                   "--initial-advertise-peer-urls=http://localhost:2380"], env=env)
     assert result.exit_code == 2, result.output
     line = error_line(result)
-    assert f"belongs to member '{NAME}', but this member's name is 'etcd-main-1' (from --name)" in line, line
+    assert f"belongs to member '{NAME}' (peer URLs " in line, line
+    assert "but this member's name is 'etcd-main-1' (from --name) and its peer URLs are http://localhost:2380" in line
 
     result = run(["restore", *base], env=env)  # the data dir from the file: not empty, no flag
     assert result.exit_code == 2 and f"--data-dir {data_dir} is not empty" in error_line(result)
@@ -455,7 +458,8 @@ def test_server_initialization_obeys_the_same_rules(tpl, tmp_path):
         server.wait_for(lambda: server.get("/initialization/status")[0] == 200, 60, "the HTTP API")
         assert _initialize_over_http(server) == "Failed", server.tail()
         assert server.get("/initialization/status")[2] == b"New"
-        assert f"belongs to member '{NAME}', but this member's name is 'default'" in server.log_text()
+        assert f"belongs to member '{NAME}' (peer URLs " in server.log_text()
+        assert "but this member's name is 'default' (from the default of --name" in server.log_text()
         assert fingerprint(data_dir) == before and volume(data_dir) == [f"{NAME}.etcd"]
         assert server.terminate() == 0
     finally:
@@ -507,3 +511,23 @@ def test_no_room_for_both_fails_and_deletes_nothing(tpl, tmp_path, monkeypatch, 
     assert ("1000 bytes free" if when == "before" else "No space left on device") in line
     assert fingerprint(data_dir) == before and volume(data_dir) == volume_before
     assert (data_dir / "member" / "snap" / "db").read_bytes() == damaged
+
+
+def test_a_member_is_recognised_by_its_peer_urls_when_the_db_holds_an_older_name(tpl, tmp_path):
+    """etcd keeps in its db the name a data dir was created or restored with, even after the member
+    runs under another (a restore by the Go tool, which etcd-druid runs without --name, records
+    'default'): the member's peer URLs recognise it then, and its data dir is kept."""
+    data_dir = member_dir(tpl.dir25, tmp_path)
+    [recorded] = read_etcd_db(data_dir / "member" / "snap" / "db").members
+    peer = recorded["peerURLs"][0]
+    before = fingerprint(data_dir)
+    result = run(["initialize", *common(tpl, data_dir), *store_flags(tpl.older), "--name=renamed-0",
+                  f"--initial-cluster=renamed-0={peer}", f"--initial-advertise-peer-urls={peer}"])
+    assert result.exit_code == 0, result.output
+    assert "data dir is valid; leaving it untouched" in result.stderr
+    assert fingerprint(data_dir) == before
+    # etcd's default peer URL identifies no one: with it, the name decides
+    result = run(["initialize", *common(tpl, data_dir), *store_flags(tpl.older), "--name=renamed-0",
+                  "--initial-cluster=renamed-0=http://localhost:2380"])
+    assert result.exit_code == 2 and "belongs to member 'etcd-main-0' (peer URLs " in error_line(result)
+    assert fingerprint(data_dir) == before

@@ -106,8 +106,9 @@ def test_data_dir_of_another_member_is_refused_untouched(ref, tmp_path):
     result = run(args(ref, bucket, data_dir, name="beta"))
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: data dir {data_dir} belongs to member 'alpha', but this member's name is 'beta' (from --name): set "
-        "--name or the name in etcd's config file (ETCD_CONF) to the member's name, or mount this member's own volume; "
+        f"error: data dir {data_dir} belongs to member 'alpha' (peer URLs http://localhost:2380), but this member's "
+        "name is 'beta' (from --name) and its peer URLs are http://localhost:2380: set --name (or the name in etcd's "
+        "config file, ETCD_CONF) or --initial-advertise-peer-urls to the member's, or mount this member's own volume; "
         "nothing was restored, moved or removed")
     assert fingerprint(data_dir) == before
     assert [m["name"] for m in read_etcd_db(data_dir / "member" / "snap" / "db").members] == ["alpha"]

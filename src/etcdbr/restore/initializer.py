@@ -2,8 +2,9 @@
 
 A healthy data dir is left exactly as it is (validation only reads). Before anything, the
 wrong-volume guard (:func:`.datadir.check_volume`) refuses a volume of another namespace, and a
-data dir whose db names other members than ``--name`` is refused (exit 2, both names in the
-line): the name in the flags or etcd's config file is wrong, or the volume is another member's.
+data dir whose db records neither ``--name`` nor this member's peer URLs is refused (exit 2,
+both members in the line): the flags or etcd's config file are wrong, or the volume is another
+member's.
 Neither is ever restored over or moved.
 
 One-member clusters: a missing, empty or corrupt data dir, or one whose revision is behind the
@@ -200,11 +201,13 @@ class Initializer:
             from ..etcdconf import config_path
 
             origin = f"the default of --name; no etcd config file at {config_path()[0]} gives one"
-        recorded = ", ".join(map(repr, validation.members or [])) or "another member"
+        recorded = ", ".join(validation.members or []) or "another member"
+        peers = ",".join(rest.initial_advertise_peer_urls) or "none"
         raise ConfigError(
             f"data dir {data_dir} belongs to member {recorded}, but this member's name is {rest.name!r} (from "
-            f"{origin}): set --name or the name in etcd's config file (ETCD_CONF) to the member's name, or mount "
-            "this member's own volume; nothing was restored, moved or removed")
+            f"{origin}) and its peer URLs are {peers}: set --name (or the name in etcd's config file, ETCD_CONF) "
+            "or --initial-advertise-peer-urls to the member's, or mount this member's own volume; nothing was "
+            "restored, moved or removed")
 
     @staticmethod
     def _unusable(data_dir: Path, validation: Validation) -> None:
