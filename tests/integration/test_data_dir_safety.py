@@ -531,3 +531,23 @@ def test_a_member_is_recognised_by_its_peer_urls_when_the_db_holds_an_older_name
                   "--initial-cluster=renamed-0=http://localhost:2380"])
     assert result.exit_code == 2 and "belongs to member 'etcd-main-0' (peer URLs " in error_line(result)
     assert fingerprint(data_dir) == before
+
+
+def test_restore_refuses_a_multi_member_data_dir_behind_the_backup(etcd_cluster_factory, tmp_path):
+    """Its db is behind, but its WAL may hold entries only its peers can complete: when unsure, refuse."""
+    cluster = etcd_cluster_factory(3)
+    _put(cluster.leader().client_url, 1, 10)
+    m = cluster.members[2]
+    cluster.stop_member(2)
+    data_dir = tmp_path / "vol" / f"{m.name}.etcd"
+    shutil.copytree(m.data_dir, data_dir, symlinks=True)
+    _put(cluster.leader().client_url, 11, 20)
+    sf.SnapshotFactory(cluster.leader().client_url).full(_store(tmp_path / "bucket"))
+    before = fingerprint(data_dir)
+    result = run(["restore", f"--data-dir={data_dir}", f"--etcd-bin-dir={sf.etcd_bin_dir()}",
+                  f"--restoration-temp-snapshots-dir={tmp_path / 'restore-tmp'}", *store_flags(tmp_path / "bucket"),
+                  f"--name={m.name}", f"--initial-cluster={m.name}=http://localhost:2380", "--replace-data-dir"])
+    assert result.exit_code == 1, result.output
+    line = error_line(result)
+    assert f"refusing to replace {data_dir}: it is a data dir of a 3-member cluster whose db is at revision" in line
+    assert fingerprint(data_dir) == before and volume(data_dir) == [data_dir.name]

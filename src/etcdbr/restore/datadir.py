@@ -67,7 +67,7 @@ def check_volume(data_dir: str | Path, *, create: bool) -> None:
     initializer does, as the Go tool does); else only an existing file is compared."""
     namespace = os.environ.get(POD_NAMESPACE, "")
     if not namespace:
-        log.debug("POD_NAMESPACE is not set: the wrong-volume guard (safe_guard file) is off")
+        log.info("POD_NAMESPACE is not set: the wrong-volume guard (safe_guard file) is off")
         return
     guard = Path(os.path.abspath(data_dir)).parent / SAFE_GUARD
     try:
