@@ -63,6 +63,15 @@ def _assert_auth_on_as_before(server, expected: dict, security: dict) -> None:
     assert denied.returncode != 0 and "permission denied" in denied.stderr
 
 
+def _cli(command: str, tmp_path: Path, data_dir: Path, *extra: str):
+    """``restore`` or ``initialize`` of ``data_dir`` from the Local store ``tmp_path/bucket``."""
+    return CliRunner().invoke(cli, [
+        command, "--storage-provider=Local", f"--store-container={tmp_path / 'bucket'}", "--store-prefix=etcd",
+        f"--data-dir={data_dir}", f"--restoration-temp-snapshots-dir={tmp_path / 'restore-tmp'}",
+        f"--etcd-bin-dir={sf.etcd_bin_dir()}", f"--name={NAME}", f"--initial-cluster={NAME}=http://localhost:2380",
+        *extra], catch_exceptions=False)
+
+
 def _config(etcd, store) -> Config:
     config = Config()
     config.store = store.config
@@ -122,11 +131,7 @@ def test_auth_enabled_backup_restores_with_auth_still_on(etcd_factory, tmp_path)
     assert full is not None and len(deltas) >= 2 and deltas[-1].last_revision == expected["revision"]
 
     data_dir = tmp_path / "restored" / f"{NAME}.etcd"
-    result = CliRunner().invoke(cli, [
-        "restore", "--storage-provider=Local", f"--store-container={tmp_path / 'bucket'}", "--store-prefix=etcd",
-        f"--data-dir={data_dir}", f"--restoration-temp-snapshots-dir={tmp_path / 'restore-tmp'}",
-        f"--etcd-bin-dir={config.restoration.etcd_bin_dir}", f"--name={NAME}",
-        f"--initial-cluster={NAME}=http://localhost:2380"], catch_exceptions=False)
+    result = _cli("restore", tmp_path, data_dir)
     assert result.exit_code == 0, result.output
     assert "replaying the deltas with it switched off" in result.stderr
     assert "switched etcd authentication back on in the restored data" in result.stderr
@@ -144,11 +149,7 @@ def test_auth_enabled_backup_restores_with_auth_still_on(etcd_factory, tmp_path)
     full, deltas = latest_chain(store.list())
     assert full.snap_name == compacted.snapshot.snap_name and not deltas
     again = tmp_path / "from-compacted" / f"{NAME}.etcd"
-    result = CliRunner().invoke(cli, [
-        "restore", "--storage-provider=Local", f"--store-container={tmp_path / 'bucket'}", "--store-prefix=etcd",
-        f"--data-dir={again}", f"--restoration-temp-snapshots-dir={tmp_path / 'restore-tmp'}",
-        f"--etcd-bin-dir={config.restoration.etcd_bin_dir}", f"--name={NAME}",
-        f"--initial-cluster={NAME}=http://localhost:2380"], catch_exceptions=False)
+    result = _cli("restore", tmp_path, again)
     assert result.exit_code == 0, result.output
     server = sf.serve(again, Path(config.restoration.etcd_bin_dir))
     try:
@@ -186,11 +187,7 @@ def test_auth_enabled_member_behind_the_backup_is_judged_by_its_revision(etcd_fa
 
     asyncio.run(full())
     expected, security = _everything(etcd), _security(etcd)
-    result = CliRunner().invoke(cli, [
-        "initialize", "--storage-provider=Local", f"--store-container={tmp_path / 'bucket'}", "--store-prefix=etcd",
-        f"--data-dir={member}", f"--restoration-temp-snapshots-dir={tmp_path / 'restore-tmp'}",
-        f"--etcd-bin-dir={config.restoration.etcd_bin_dir}", f"--name={NAME}",
-        f"--initial-cluster={NAME}=http://localhost:2380", "--endpoints=http://127.0.0.1:1"], catch_exceptions=False)
+    result = _cli("initialize", tmp_path, member, "--endpoints=http://127.0.0.1:1")
     assert result.exit_code == 0, result.output
     assert "letting etcd replay its WAL" in result.stderr
     assert f"status=RevisionBehind reason=\"revision {behind} after WAL replay is still behind" in result.stderr, \

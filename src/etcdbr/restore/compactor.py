@@ -123,16 +123,9 @@ def switch_auth_on_in_snapshot(path: Path) -> None:
     from .bbolt import set_auth_enabled
 
     set_auth_enabled(path, True)
-    size = path.stat().st_size
-    h = hashlib.sha256()
     with open(path, "r+b") as fh:
-        remaining = size - 32
-        while remaining:
-            chunk = fh.read(min(remaining, 1 << 20))
-            h.update(chunk)
-            remaining -= len(chunk)
-        fh.seek(size - 32)
-        fh.write(h.digest())
+        digest = _hash_before_trailer(fh, path.stat().st_size)
+        fh.write(digest)
         fh.flush()
         os.fsync(fh.fileno())
     log.info("switched etcd authentication back on in the compacted snapshot", extra={"path": str(path)})
@@ -143,16 +136,24 @@ def verify_db_trailer(path: Path) -> None:
     size = path.stat().st_size
     if size % 512 != 32:
         raise IntegrityError("SHA256 hash seems to be missing")
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        remaining = size - 32
-        while remaining:
-            chunk = fh.read(min(remaining, 1 << 20))
-            h.update(chunk)
-            remaining -= len(chunk)
+        digest = _hash_before_trailer(fh, size)
         trailer = fh.read(32)
-    if h.digest() != trailer:
-        raise IntegrityError(f"expected sha256 {trailer.hex()}, got {h.hexdigest()}")
+    if digest != trailer:
+        raise IntegrityError(f"expected sha256 {trailer.hex()}, got {digest.hex()}")
+
+
+def _hash_before_trailer(fh, size: int) -> bytes:
+    """SHA-256 of a snapshot file's db (all but its last 32 bytes), read from the start; leaves
+    ``fh`` at the trailer."""
+    fh.seek(0)
+    h = hashlib.sha256()
+    remaining = size - 32
+    while remaining:
+        chunk = fh.read(min(remaining, 1 << 20))
+        h.update(chunk)
+        remaining -= len(chunk)
+    return h.digest()
 
 
 
