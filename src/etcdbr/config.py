@@ -187,6 +187,7 @@ class SnapshotterConfig:
 class RestorationConfig:
     initial_cluster: str = "default=http://localhost:2380"
     initial_cluster_token: str = "etcd-cluster"
+    initial_cluster_state: str = ""  # only from etcd's config file (ETCD_CONF): new or existing
     data_dir: str = "default.etcd"
     temp_snapshots_dir: str = "default.restoration.tmp"
     initial_advertise_peer_urls: list[str] = field(default_factory=lambda: ["http://localhost:2380"])

@@ -1,6 +1,7 @@
-"""``initialize`` against real snapshots, the real etcdutl and real etcd members: a missing, corrupt,
-foreign or stale data dir is restored; a healthy one is not touched (same inode, same mtimes,
-same bytes); a data dir a running etcd holds is refused without being touched."""
+"""``initialize`` against real snapshots, the real etcdutl and real etcd members: a missing, corrupt
+or stale data dir is restored (the old one kept aside); a healthy one is not touched (same inode,
+same mtimes, same bytes); one of another member, or one a running etcd holds, is refused without
+being touched. tests/integration/test_data_dir_safety.py has the first rule's scenarios."""
 
 from __future__ import annotations
 
@@ -97,14 +98,21 @@ def test_corrupt_db_is_restored(ref, tmp_path):
     assert read_etcd_db(db).revision == ref.full.last_revision
 
 
-def test_data_dir_of_another_member_is_restored(ref, tmp_path):
+def test_data_dir_of_another_member_is_refused_untouched(ref, tmp_path):
     bucket = _full_only_store(ref, tmp_path)
     data_dir = tmp_path / "member.etcd"
     assert run(args(ref, bucket, data_dir, name="alpha")).exit_code == 0
+    before = fingerprint(data_dir)
     result = run(args(ref, bucket, data_dir, name="beta"))
-    assert result.exit_code == 0, result.output
-    assert "status=MemberMismatch" in result.stderr
-    assert [m["name"] for m in read_etcd_db(data_dir / "member" / "snap" / "db").members] == ["beta"]
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: data dir {data_dir} belongs to member 'alpha' (peer URLs http://localhost:2380), but this member's "
+        "name is 'beta' (from --name) and its peer URLs are http://localhost:2380: set --name (or the name in etcd's "
+        "config file, ETCD_CONF) or --initial-advertise-peer-urls to the member's, or mount this member's own volume; "
+        "nothing was restored, moved or removed")
+    assert fingerprint(data_dir) == before
+    assert [m["name"] for m in read_etcd_db(data_dir / "member" / "snap" / "db").members] == ["alpha"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full-only", "member.etcd"]
 
 
 def test_data_dir_behind_the_latest_snapshot_is_restored(ref, bucket, tmp_path):

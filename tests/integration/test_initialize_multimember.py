@@ -152,7 +152,7 @@ def test_wiped_member_of_a_live_cluster_rejoins_through_membership(etcd_cluster_
     assert m.data_dir.is_dir() and not any(m.data_dir.iterdir()) and len(members(cluster)) == 3
 
     # Then with the member's peer port taken: the etcd that would sync it cannot start, and the
-    # learner is taken out again; the old data dir stays aside.
+    # learner is taken out again. The old data dir was empty: nothing to keep aside.
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the old member's TIME_WAITs
     blocker.bind(("127.0.0.1", m.peer_port))
@@ -164,7 +164,7 @@ def test_wiped_member_of_a_live_cluster_rejoins_through_membership(etcd_cluster_
     assert failed.exit_code == 1 and "address already in use" in failed.output, failed.output
     assert "removed the learner again after the join failed" in failed.stderr
     assert [x.get("isLearner", False) for x in members(cluster)] == [False, False]
-    assert not m.data_dir.exists() and len(list(m.data_dir.parent.glob(f"{m.data_dir.name}.replaced-*"))) == 1
+    assert not m.data_dir.exists() and list(m.data_dir.parent.glob(f"{m.data_dir.name}.aside-*")) == []
 
     result = run(args(cluster, i, bucket))
     assert result.exit_code == 0, result.output

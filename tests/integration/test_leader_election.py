@@ -36,7 +36,7 @@ def test_only_the_leaders_sidecar_snapshots_and_another_takes_over(tmp_path, etc
                 "--endpoints", member.client_url, *s3_store_args(s3_server, s3_bucket, STORE_PREFIX),
                 "--secondary-storage-provider", "S3", "--secondary-store-container", secondary_bucket, "--secondary-store-prefix", STORE_PREFIX,
                 "--secondary-store-endpoint-override", s3_server.endpoint, "--backup-sync-enabled",
-                "--schedule", "0 0 1 1 *", "--delta-snapshot-period", "1s", "--reelection-period", "1s",
+                "--schedule", "0 0 1 1 *", "--delta-snapshot-period", "1s", "--reelection-period", "1.1s",
                 "--garbage-collection-period", "0s",
             ], env, name=f"sidecar{i}").start())
         leader = cluster.leader_index()

@@ -147,7 +147,7 @@ def test_corrupt_delta_fails_loudly_and_keeps_the_old_data_dir(ref, tmp_path, in
     (data_dir / "member" / "marker").write_text("old data")
     before = (data_dir.stat().st_ino, data_dir.stat().st_mtime_ns, (data_dir / "member").stat().st_mtime_ns)
 
-    result = run(restore_args(ref, data_dir, tmp_path, *local_flags(bucket)))
+    result = run(restore_args(ref, data_dir, tmp_path, *local_flags(bucket), "--replace-data-dir=true"))
     assert result.exit_code == 1, result.output
     assert victim.key in result.stderr, result.stderr
     assert re.search(r"checksum mismatch|corrupt|verification", result.stderr)
@@ -167,11 +167,14 @@ def test_restore_from_secondary(ref, tmp_path, s3_server, s3_bucket):
     (data_dir / "member").mkdir(parents=True)
     (data_dir / "member" / "stale").write_text("replaced")
     args = restore_args(ref, data_dir, tmp_path, *s3_flags(s3_server, s3_bucket),
-                        *s3_flags(s3_server, secondary_bucket, "secondary-"), "--restore-from=secondary")
+                        *s3_flags(s3_server, secondary_bucket, "secondary-"), "--restore-from=secondary",
+                        "--replace-data-dir")
     result = run(args, env=env)
     assert result.exit_code == 0, result.output
     assert not (data_dir / "member" / "stale").exists()
-    assert not (tmp_path / "member.etcd.old").exists()
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("member.etcd.aside-")]
+    assert len(kept) == 1 and (kept[0] / "member" / "stale").read_text() == "replaced", kept
+    assert f"old_data_dir_kept_at={kept[0]}" in result.stderr
     assert_matches_source(ref, data_dir)
 
 

@@ -68,7 +68,7 @@ def test_server_backs_up_under_load_and_serves_the_api(tmp_path, etcd_factory, s
     server = _start(servers, tmp_path, [
         "--endpoints", etcd.client_url, "--etcd-username", "root",
         *s3_store_args(s3_server, s3_bucket, "cluster/srv"),
-        "--schedule", NO_SCHEDULED_FULL, "--delta-snapshot-period", "1s", "--reelection-period", "1s",
+        "--schedule", NO_SCHEDULED_FULL, "--delta-snapshot-period", "1s", "--reelection-period", "1.1s",
         "--log-level", "debug",
     ], env)
     t0 = time.monotonic()
@@ -208,7 +208,7 @@ def test_https_without_provider_and_initialization(tmp_path, etcd_server, server
     context = ssl.create_default_context(cafile=str(cert))
     server = _start(servers, tmp_path, [
         "--endpoints", etcd_server.client_url, "--server-cert", str(cert), "--server-key", str(key),
-        "--reelection-period", "1s", "--data-dir", str(tmp_path / "member.etcd"),
+        "--reelection-period", "1.1s", "--data-dir", str(tmp_path / "member.etcd"),
         "--use-etcd-wrapper", "--full-snapshot-lease-name", "x",  # the Go tool's flags, accepted and ignored
     ], tls_context=context)
     server.wait_healthy(60)  # no provider: healthy once etcd answers
@@ -260,7 +260,7 @@ def test_missing_tls_files_are_a_config_error(tmp_path):
 def test_server_garbage_collects_limit_based(tmp_path, etcd_server, s3_server, s3_bucket, servers):
     server = _start(servers, tmp_path, [
         "--endpoints", etcd_server.client_url, *s3_store_args(s3_server, s3_bucket, "gc"),
-        "--schedule", NO_SCHEDULED_FULL, "--delta-snapshot-period", "1s", "--reelection-period", "1s",
+        "--schedule", NO_SCHEDULED_FULL, "--delta-snapshot-period", "1s", "--reelection-period", "1.1s",
         "--garbage-collection-policy", "LimitBased", "--max-backups", "2", "--garbage-collection-period", "2s",
     ], s3_env(s3_server, tmp_path))
     server.wait_healthy(60)

@@ -101,7 +101,9 @@ def _old_data_dir(path: Path) -> Path:
 
 
 def _restore_args(data_dir: Path, tmp: Path) -> list[str]:
-    return ["restore", f"--data-dir={data_dir}", f"--restoration-temp-snapshots-dir={tmp / 'restore-tmp'}",
+    # --replace-data-dir: _old_data_dir is not an etcd data dir, so it may be replaced (and kept aside)
+    return ["restore", "--replace-data-dir", f"--data-dir={data_dir}",
+            f"--restoration-temp-snapshots-dir={tmp / 'restore-tmp'}",
             f"--etcd-bin-dir={sf.etcd_bin_dir()}", f"--name={data_dir.name[:-5]}",
             f"--initial-cluster={data_dir.name[:-5]}=http://localhost:2380"]
 
@@ -284,6 +286,7 @@ def test_full_disk_under_the_data_dir(chain_store, tiny_fs, tmp_path, outcome):
     assert result.code == 1, result.output[-2000:]
     assert len(result.error_lines()) == 1, result.output[-2000:]
     assert "internal error" not in result.error_lines()[0]
+    assert result.error_lines()[0].startswith(f"error: no room on the volume of {data_dir} for the restored data dir")
     assert marker.read_text() == "the data dir before the restore"
     assert not (tiny_fs / "member.etcd.part").exists()
     shutil.rmtree(tiny_fs / "member.etcd", ignore_errors=True)

@@ -123,7 +123,7 @@ def test_server_at_debug_level_emits_no_secret(tmp_path, etcd_factory, s3_server
         "--secondary-storage-provider", "ABS", "--secondary-store-container", abs_container,
         "--secondary-store-prefix", "sec", "--secondary-store-endpoint-override", azurite_server.endpoint,
         "--backup-sync-enabled", "true", "--backup-sync-period", "2s",
-        "--schedule", NO_SCHEDULED_FULL, "--delta-snapshot-period", "1s", "--reelection-period", "1s",
+        "--schedule", NO_SCHEDULED_FULL, "--delta-snapshot-period", "1s", "--reelection-period", "1.1s",
         "--server-cert", str(cert), "--server-key", str(key), "--log-level", "debug",
     ], env, tls_context=context)
     servers.append(server.start())

@@ -192,7 +192,7 @@ def test_chain_last_revision(buckets):
 
 
 # -- swap ----------------------------------------------------------------------------------
-def test_swap_replaces_the_data_dir_only_with_a_complete_part(tmp_path):
+def test_swap_puts_the_part_in_place_and_keeps_the_old_data_dir_aside(tmp_path):
     data = tmp_path / "d.etcd"
     (data / "member").mkdir(parents=True)
     (data / "member" / "old").write_text("old")
@@ -200,11 +200,27 @@ def test_swap_replaces_the_data_dir_only_with_a_complete_part(tmp_path):
     assert part == tmp_path / "d.etcd.part"
     (part / "member").mkdir(parents=True)
     (part / "member" / "new").write_text("new")
-    (tmp_path / "d.etcd.old").mkdir()  # left by an interrupted earlier swap
-    swap_in(part, data)
+    (tmp_path / "d.etcd.old").mkdir()  # an earlier version's leftover: not ours to remove
+    aside = swap_in(part, data, "corrupt")
     assert (data / "member" / "new").read_text() == "new"
-    assert not (data / "member" / "old").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.etcd"]
+    assert aside is not None and aside.parent == tmp_path and aside.name.startswith("d.etcd.aside-")
+    assert aside.name.endswith("-corrupt") and (aside / "member" / "old").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["d.etcd", "d.etcd.old", aside.name])
+
+
+def test_only_the_newest_asides_are_kept_after_a_restore(tmp_path):
+    from etcdbr.restore.datadir import KEEP_ASIDE, asides, prune_asides
+
+    data = tmp_path / "d.etcd"
+    names = [f"d.etcd.aside-2024010{i}T000000Z-behind" for i in range(1, 5)] + ["d.etcd.replaced-20230101T000000-1"]
+    for name in names:
+        (tmp_path / name / "member").mkdir(parents=True)
+    (tmp_path / "other.etcd.aside-20240101T000000Z-corrupt").mkdir()  # another data dir's
+    assert [p.name for p in asides(data)][0] == "d.etcd.replaced-20230101T000000-1"
+    removed = prune_asides(data)
+    assert len(removed) == len(names) - KEEP_ASIDE == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[-KEEP_ASIDE - 1:-1] + [
+        "other.etcd.aside-20240101T000000Z-corrupt"])
 
 
 def test_swap_into_a_missing_data_dir(tmp_path):
@@ -272,14 +288,17 @@ def test_initializer_without_store_and_data_dir_does_nothing(tmp_path):
     assert init.status is InitStatus.NEW
 
 
-def test_initializer_removes_an_unusable_data_dir_when_no_store_is_configured(tmp_path):
+def test_initializer_moves_an_unusable_data_dir_aside_when_no_store_is_configured(tmp_path):
     cfg = Config()
     data = tmp_path / "d.etcd"
     (data / "garbage").mkdir(parents=True)
+    (data / "garbage" / "file").write_text("kept")
     cfg.restoration.data_dir = str(data)
     result = Initializer(cfg).run("full")
-    assert result.action == "removed" and result.validation.status is DataDirStatus.INVALID_STRUCTURE
+    assert result.action == "moved-aside" and result.validation.status is DataDirStatus.INVALID_STRUCTURE
     assert not data.exists()
+    assert result.aside and (Path(result.aside) / "garbage" / "file").read_text() == "kept"
+    assert Path(result.aside).name.startswith("d.etcd.aside-") and Path(result.aside).name.endswith("-invalid")
 
 
 def test_initializer_reports_failure(tmp_path):

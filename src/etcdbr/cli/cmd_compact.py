@@ -31,7 +31,7 @@ EXTRA = [
 
 @click.command(name="compact")
 @add_options(*GROUPS, extra=EXTRA)
-@command_runner(*GROUPS, extra=EXTRA)
+@command_runner(*GROUPS, extra=EXTRA, restores=True)
 def command(config, **_params) -> int:
     """Restore the latest chain into a temporary etcd, compact (and defragment) it and upload one
     new full snapshot at its head revision, so later restores need no long delta chain. Nothing

@@ -32,10 +32,15 @@ EXTRA = [VALIDATION_MODE, RESTORE_FROM, QUORUM_WAIT]
 
 @click.command(name="initialize")
 @add_options(*GROUPS, extra=EXTRA)
-@command_runner(*GROUPS, extra=EXTRA)
+@command_runner(*GROUPS, extra=EXTRA, member=True)
 def command(config, **_params) -> int:
-    """Check the etcd data dir; when it is missing, empty, corrupt, of another member or behind the
-    latest snapshot, restore it (built beside it and swapped in). A healthy data dir is not touched.
+    """Check the etcd data dir; when it is missing, empty, corrupt or behind the latest snapshot,
+    restore it (built beside it, checked, swapped in; the old one is moved aside and kept). A
+    healthy data dir is not touched. A data dir of another member (neither --name nor the member's
+    peer URLs recorded in it) is refused (exit 2): fix --name (or the name in etcd's config file,
+    ETCD_CONF) or the mounted volume. The member's name, data dir, initial cluster and peer URLs
+    come from etcd's config file ($ETCD_CONF, else /var/etcd/config/etcd.conf.yaml) where no flag
+    sets them.
 
     In a multi-member cluster (--initial-cluster) a member behind the latest snapshot is left to
     Raft, and a member with an unusable data dir is replaced through etcd's membership API and

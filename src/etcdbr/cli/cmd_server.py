@@ -44,10 +44,13 @@ def apply_server_defaults(config) -> None:
 @click.command(name="server")
 @add_options(*GROUPS, "logging", extra=EXTRA)
 @_compat_options
-@command_runner(*GROUPS, extra=EXTRA)
+@command_runner(*GROUPS, extra=EXTRA, member=True)
 def command(config, **params) -> int:
     """Run the backup sidecar: the HTTP API at once, then snapshots and garbage collection while
-    this sidecar's etcd member is the Raft leader (followers only serve the API)."""
+    this sidecar's etcd member is the Raft leader (followers only serve the API).
+
+    The member's name, data dir, initial cluster and peer URLs come from etcd's config file
+    ($ETCD_CONF, else /var/etcd/config/etcd.conf.yaml) where no flag sets them."""
     from ..server import run_server
 
     apply_server_defaults(config)

@@ -22,8 +22,11 @@ from .options import resolve, secret_values
 log = logging.getLogger("etcdbr")
 
 
-def command_runner(*groups: str, extra=None):
-    """Wrap a command body ``fn(config, **params)``: resolve config, set up logs, map errors."""
+def command_runner(*groups: str, extra=None, member: bool = False, restores: bool = False):
+    """Wrap a command body ``fn(config, **params)``: resolve config, set up logs, check the
+    configuration rules, map errors. ``member``: the command acts for the member whose identity
+    etcd's config file (ETCD_CONF) gives when flags do not; ``restores``: it always restores, so
+    the member's flags are checked against --initial-cluster before anything else."""
 
     def decorate(fn):
         @functools.wraps(fn)
@@ -34,6 +37,13 @@ def command_runner(*groups: str, extra=None):
                 logs.setup(config.log_level, config.log_format)
                 for secret in secret_values(config):
                     logs.register_secret(secret)
+                if member:
+                    from ..etcdconf import apply_member_identity
+
+                    apply_member_identity(config)
+                from ..configcheck import check
+
+                check(config, groups, member_urls=restores)
                 code = fn(config, **params)
             except EtcdbrError as exc:
                 click.echo(f"error: {logs.redact(str(exc))}", err=True)

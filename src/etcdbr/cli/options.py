@@ -148,6 +148,8 @@ def _store_opts(flag_prefix: str, dest: str, env_prefix: str, who: str) -> list[
     ]
 
 
+_FROM_ETCD_CONF = " Unset: from etcd's config file (ETCD_CONF) for server, initialize and restore."
+
 GROUPS: dict[str, list[Opt]] = {
     "store": _store_opts("", "store", "", "snapstore"),
     "secondary": _store_opts("secondary-", "secondary", "SECONDARY_", "secondary snapstore"),
@@ -198,14 +200,17 @@ GROUPS: dict[str, list[Opt]] = {
             "Longest retry delay at startup."),
     ],
     "restoration": [
-        Opt("initial-cluster", "restoration.initial_cluster", text, "default=http://localhost:2380", "Initial cluster of the restored member."),
-        Opt("initial-cluster-token", "restoration.initial_cluster_token", text, "etcd-cluster", "Initial cluster token."),
-        Opt("data-dir", "restoration.data_dir", text, "default.etcd", "etcd data directory to restore or validate.", short="d"),
+        Opt("initial-cluster", "restoration.initial_cluster", text, "default=http://localhost:2380",
+            "Initial cluster of the restored member." + _FROM_ETCD_CONF),
+        Opt("initial-cluster-token", "restoration.initial_cluster_token", text, "etcd-cluster",
+            "Initial cluster token." + _FROM_ETCD_CONF),
+        Opt("data-dir", "restoration.data_dir", text, "default.etcd",
+            "etcd data directory to restore or validate." + _FROM_ETCD_CONF, short="d"),
         Opt("restoration-temp-snapshots-dir", "restoration.temp_snapshots_dir", text, "default.restoration.tmp",
             "Directory for snapshots downloaded during a restore."),
         Opt("initial-advertise-peer-urls", "restoration.initial_advertise_peer_urls", text, ["http://localhost:2380"],
-            "Peer URLs of the restored member.", multiple=True),
-        Opt("name", "restoration.name", text, "default", "Member name of the restored member."),
+            "Peer URLs of the restored member." + _FROM_ETCD_CONF, multiple=True),
+        Opt("name", "restoration.name", text, "default", "Member name of the restored member." + _FROM_ETCD_CONF),
         Opt("skip-hash-check", "restoration.skip_hash_check", parse_bool, False,
             "Do not check the full snapshot's SHA-256 trailer (for a db copied from a data dir).", is_bool=True),
         Opt("max-fetchers", "restoration.max_fetchers", positive_int, 6, "Delta snapshots downloaded in parallel ahead of replay."),
@@ -363,19 +368,26 @@ def resolve(params: dict, *groups: str, extra: list[Opt] | None = None) -> Confi
     unknown = sorted(set(file_values) - known - set(COMPAT_IGNORED))
     if unknown:
         raise ConfigError(f"--config-file: unknown key {unknown[0]!r} for this command")
+    origins = config.extra.setdefault("origins", {})  # flag name -> where its value came from
     for opt in [o for g in groups for o in GROUPS[g]] + (extra or []):
         raw = params.get(opt.name.replace("-", "_"))
         if opt.multiple and raw == ():
             raw = None
         if raw is not None:
-            value = _parse(opt, raw, f"--{opt.name}")
+            origin = f"--{opt.name}"
         elif (env := next((e for e in opt.env if os.environ.get(e) not in (None, "")), None)) is not None:
-            value = _parse(opt, os.environ[env], f"environment variable {env}")
+            raw, origin = os.environ[env], f"environment variable {env}"
         elif (key := next((k for k in (opt.name, *opt.aliases) if k in file_values), None)) is not None:
-            value = _parse(opt, file_values[key], f"{key!r} in --config-file")
+            raw, origin = file_values[key], f"{key!r} in --config-file"
         else:
-            value = list(opt.default) if isinstance(opt.default, list) else opt.default
-        _set(config, opt.dest, value)
+            origins[opt.name] = "default"
+            _set(config, opt.dest, list(opt.default) if isinstance(opt.default, list) else opt.default)
+            continue
+        origins[opt.name] = origin
+        _set(config, opt.dest, _parse(opt, raw, origin))
+    # The Go tool's ignored flags: their values are still checked as the Go tool checks them.
+    config.extra["compat"] = {n: v for n in COMPAT_IGNORED if (v := next(
+        (x for x in (params.get(f"compat_{n.replace('-', '_')}"), file_values.get(n)) if x is not None), None)) is not None}
     return config
 
 

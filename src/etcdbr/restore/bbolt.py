@@ -187,6 +187,42 @@ class BoltReader:
             return value[16:]
         return self._page(root)
 
+    # -- locating a value in the file --------------------------------------------------------
+    def _items_at(self, page: bytes, base: int, depth: int = 0) -> Iterator[tuple[bytes, bytes, int, int]]:
+        """Like :meth:`_walk`, with each value's offset in the file (``base``: the page's)."""
+        if depth > _MAX_DEPTH:
+            raise CorruptDB("B+tree deeper than possible (cycle?)")
+        flags, count = self._elements(page)
+        if flags & LEAF:
+            for i in range(count):
+                at = PAGE_HEADER + i * ELEMENT
+                eflags, pos, ksize, vsize = struct.unpack_from("<IIII", page, at)
+                key = self._slice(page, at + pos, ksize)
+                value = self._slice(page, at + pos + ksize, vsize)
+                yield key, value, eflags, base + at + pos + ksize
+            return
+        if not flags & BRANCH:
+            raise CorruptDB(f"unexpected page type {flags:#x} inside a bucket")
+        for _key, pgid in self._branch_children(page):
+            yield from self._items_at(self._page(pgid), pgid * self.meta.page_size, depth + 1)
+
+    def locate(self, bucket: bytes, key: bytes) -> tuple[int, bytes] | None:
+        """The file offset and bytes of ``key``'s value in top-level ``bucket`` (None: absent)."""
+        root = self.meta.root
+        for name, value, flags, offset in self._items_at(self._page(root), root * self.meta.page_size):
+            if name != bucket or not flags & BUCKET_LEAF:
+                continue
+            if len(value) < 16:
+                raise CorruptDB("bucket header too short")
+            sub_root = struct.unpack_from("<Q", value)[0]
+            page, base = (value[16:], offset + 16) if sub_root == 0 else (self._page(sub_root),
+                                                                          sub_root * self.meta.page_size)
+            for k, v, f, at in self._items_at(page, base):
+                if k == key and not f & BUCKET_LEAF:
+                    return at, v
+            return None
+        return None
+
     # -- buckets -----------------------------------------------------------------------------
     def bucket_names(self) -> list[bytes]:
         return [k for k, _v, f in self._walk(self._page(self.meta.root)) if f & BUCKET_LEAF]
@@ -248,3 +284,40 @@ def read_etcd_db(path) -> EtcdDB:
             except ValueError as exc:
                 raise CorruptDB(f"unreadable member record: {exc}") from None
         return EtcdDB(revision=revision, members=members, buckets=names)
+
+
+# etcd's auth switch: bucket ``auth``, key ``authEnabled``, one byte (1 on, 0 off).
+AUTH_BUCKET, AUTH_ENABLED = b"auth", b"authEnabled"
+
+
+def auth_enabled(path) -> bool:
+    """Whether etcd authentication is enabled in the backend file at ``path``."""
+    with BoltReader.open(path) as db:
+        found = db.locate(AUTH_BUCKET, AUTH_ENABLED)
+    return found is not None and found[1] == b"\x01"
+
+
+def set_auth_enabled(path, enabled: bool) -> None:
+    """Switch etcd authentication on or off in a backend file no process has open.
+
+    The flag is one byte in a leaf page; bbolt keeps checksums only on its meta pages, so
+    rewriting that byte in place (same length) leaves a valid database, exactly what etcd's own
+    ``AuthEnable``/``AuthDisable`` would store, less the auth revision they bump. The restorer
+    uses it to replay deltas into a restored db whose auth is on (the replay writes as no user)
+    and to switch it back before the data dir is used; users, roles and permissions are not
+    touched."""
+    import os
+
+    with BoltReader.open(path) as db:
+        found = db.locate(AUTH_BUCKET, AUTH_ENABLED)
+    if found is None or len(found[1]) != 1:
+        if not enabled:
+            return  # never enabled: nothing to switch off
+        raise CorruptDB(f"{path}: no one-byte authEnabled flag to switch on")
+    offset, _value = found
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\x01" if enabled else b"\x00", offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -73,6 +73,8 @@ class Compactor:
             db_bytes = self._take_snapshot(client, db_path)
             member.stop()
             member = None
+            if self.restorer.auth_switched_off:
+                switch_auth_on_in_snapshot(db_path)
             snapshot, stored = self._upload(db_path, revision)
         finally:
             if member is not None:
@@ -114,21 +116,44 @@ class Compactor:
         return snapshot, stored
 
 
+def switch_auth_on_in_snapshot(path: Path) -> None:
+    """The temporary member replayed with etcd authentication switched off (see
+    ``Restorer._switch_auth_off``); the snapshot it gave must carry it on again, as the chain it
+    replaces did. The flag is flipped in the snapshot's db and its SHA-256 trailer recomputed."""
+    from .bbolt import set_auth_enabled
+
+    set_auth_enabled(path, True)
+    with open(path, "r+b") as fh:
+        digest = _hash_before_trailer(fh, path.stat().st_size)
+        fh.write(digest)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.info("switched etcd authentication back on in the compacted snapshot", extra={"path": str(path)})
+
+
 def verify_db_trailer(path: Path) -> None:
     """Check etcd's SHA-256 trailer of a snapshot file (used by tests and tools)."""
     size = path.stat().st_size
     if size % 512 != 32:
         raise IntegrityError("SHA256 hash seems to be missing")
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        remaining = size - 32
-        while remaining:
-            chunk = fh.read(min(remaining, 1 << 20))
-            h.update(chunk)
-            remaining -= len(chunk)
+        digest = _hash_before_trailer(fh, size)
         trailer = fh.read(32)
-    if h.digest() != trailer:
-        raise IntegrityError(f"expected sha256 {trailer.hex()}, got {h.hexdigest()}")
+    if digest != trailer:
+        raise IntegrityError(f"expected sha256 {trailer.hex()}, got {digest.hex()}")
+
+
+def _hash_before_trailer(fh, size: int) -> bytes:
+    """SHA-256 of a snapshot file's db (all but its last 32 bytes), read from the start; leaves
+    ``fh`` at the trailer."""
+    fh.seek(0)
+    h = hashlib.sha256()
+    remaining = size - 32
+    while remaining:
+        chunk = fh.read(min(remaining, 1 << 20))
+        h.update(chunk)
+        remaining -= len(chunk)
+    return h.digest()
 
 
 

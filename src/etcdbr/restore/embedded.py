@@ -27,6 +27,8 @@ from .etcdkv import EtcdKV
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
+# etcd's answer to a read without a user while authentication is on.
+AUTH_REFUSAL = "user name is empty"
 STOP_GRACE = 30.0
 _LIVE: "weakref.WeakSet[EmbeddedEtcd]" = weakref.WeakSet()
 
@@ -91,6 +93,7 @@ class EmbeddedEtcd:
         self.proc: subprocess.Popen | None = None
         self.client: EtcdKV | None = None
         self.endpoint = ""
+        self.auth_enabled = False  # the data dir has etcd authentication on (reads need a user)
 
     def _command(self, client_port: int, peer_port: int) -> list[str]:
         lim = self.limits
@@ -157,10 +160,20 @@ class EmbeddedEtcd:
                 return
             except EtcdError as exc:
                 error = str(exc)
+                if AUTH_REFUSAL in error:
+                    # etcd checks a read's user only after the read barrier, so this answer too
+                    # means the member has applied everything it committed
+                    self.auth_enabled = True
+                    return
             if time.monotonic() > deadline:
                 raise RestoreError(f"temporary etcd on {self.data_dir} not ready after {self.ready_timeout:.0f}s "
                                    f"({error}); last lines of {self.log_path}:\n{_tail(self.log_path)}")
             time.sleep(0.1)
+
+    def revision(self) -> int:
+        """The member's current revision; answered even when etcd authentication is on."""
+        assert self.client is not None
+        return self.client.status().header.revision if self.auth_enabled else self.client.revision()
 
     def restart(self, **changes) -> None:
         """Restart on the same data dir with some limits changed (e.g. a larger --max-txn-ops)."""

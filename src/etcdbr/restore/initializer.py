@@ -1,21 +1,27 @@
 """The initializer: make ``--data-dir`` fit for etcd to start, restoring it only when it is not.
 
-A healthy data dir is left exactly as it is (validation only reads).
+A healthy data dir is left exactly as it is (validation only reads). Before anything, the
+wrong-volume guard (:func:`.datadir.check_volume`) refuses a volume of another namespace, and a
+data dir whose db records neither ``--name`` nor this member's peer URLs is refused (exit 2,
+both members in the line): the flags or etcd's config file are wrong, or the volume is another
+member's.
+Neither is ever restored over or moved.
 
-One-member clusters: a missing, empty, corrupt or foreign data dir, or one whose revision is
-behind the latest snapshot even after etcd's own WAL replay, is rebuilt from the store into
-``<data-dir>.part`` and swapped in (see :mod:`.restorer`). When there is nothing to restore from
-(no store configured, or a store that answered and holds no full snapshot) an unusable data dir
-is removed so etcd starts a fresh member, as the Go tool does. A store that fails is never read
-as "empty": then nothing is removed and initialization fails.
+One-member clusters: a missing, empty or corrupt data dir, or one whose revision is behind the
+latest snapshot even after etcd's own WAL replay, is rebuilt from the store into
+``<data-dir>.part``, checked and put in place; the old one is moved aside and kept (see
+:mod:`.restorer`, :mod:`.datadir`). When there is nothing to restore from (no store configured,
+or a store that answered and holds no full snapshot) an unusable data dir is moved aside (the Go
+tool deletes it) so etcd starts a fresh member; a healthy one is kept. A store that fails is
+never read as "empty": then nothing is moved and initialization fails.
 
 Multi-member clusters (more than one member in ``--initial-cluster``), as the Go tool:
 
 * no revision check: a member behind the latest snapshot is caught up by Raft when it starts;
-* an unusable data dir is never rebuilt from a snapshot while the rest of the cluster has a
-  quorum (asked through ``--service-endpoints``, else ``--endpoints``, plus the client URLs the
-  other members advertise): the member is replaced through etcd's membership API and synced
-  from the leader (see :mod:`.membership`);
+* an unusable (missing, empty, corrupt) data dir is never rebuilt from a snapshot while the rest
+  of the cluster has a quorum (asked through ``--service-endpoints``, else ``--endpoints``, plus
+  the client URLs the other members advertise): the member is replaced through etcd's membership
+  API and synced from the leader (see :mod:`.membership`), its old data dir kept aside;
 * only when no other member has a quorum and none of those up holds data of its own (all of
   them restored or new, or none up within ``--quorum-wait``; asked on their peer URLs from
   ``--initial-cluster``) is it a whole-cluster loss, and the member is restored from the store
@@ -31,9 +37,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -43,9 +46,8 @@ from pathlib import Path
 from .. import metrics
 from ..config import Config
 from ..errors import ConfigError, EtcdbrError, RestoreError
-from ..fsutil import fsync_tree
 from .binaries import EtcdRelease, find_release
-from .embedded import EmbeddedEtcd
+from .datadir import check_volume, move_aside, prune_asides, reason_word, recheck_after_wal_replay
 from .membership import (ClusterView, MemberReplacer, cluster_size, manual_replacement, parse_initial_cluster,
                          probe_peer, wait_for_cluster)
 from .progress import Progress
@@ -71,8 +73,9 @@ class InitStatus(str, enum.Enum):
 @dataclass
 class InitResult:
     validation: Validation
-    action: str  # "kept", "restored", "removed", "nothing", "rejoined"
+    action: str  # "kept", "restored", "moved-aside", "nothing", "rejoined"
     revision: int | None = None
+    aside: str = ""  # "moved-aside": where the unusable data dir is kept
     # "rejoined" only: the member's new ID, and how it was added (for a wrapper that wants to
     # know; etcd itself no longer reads these, as the data dir now holds the member's WAL)
     member_id: int | None = None
@@ -143,12 +146,14 @@ class Initializer:
     def _run(self, mode: str) -> InitResult:
         cfg = self.config
         data_dir = Path(cfg.restoration.data_dir)
+        check_volume(data_dir, create=True)  # a volume of another namespace: refused before anything
         size = cluster_size(cfg.restoration.initial_cluster)
         if size > 1:
             return self._run_multi(mode, data_dir, size)
         selection, store_error = self._open_store()
         try:
             validation = self._validate(mode, data_dir, selection)
+            self._refuse_other_member(data_dir, validation)
             if validation.valid:
                 if store_error is not None:
                     log.warning("the snapshot store cannot be read, so the data dir's revision was not compared "
@@ -184,6 +189,26 @@ class Initializer:
                  extra={"data_dir": str(data_dir), "revision": validation.revision, "mode": mode})
         return InitResult(validation, "kept", validation.revision)
 
+    def _refuse_other_member(self, data_dir: Path, validation: Validation) -> None:
+        """A data dir recording other members' names is never judged unusable: it is either
+        this member's under a name the flags get wrong, or another member's volume. Either way
+        the flags or the mount must be fixed; nothing is restored or moved."""
+        if validation.status is not DataDirStatus.MEMBER_MISMATCH:
+            return
+        rest = self.config.restoration
+        origin = self.config.extra.get("origins", {}).get("name", "default")
+        if origin == "default":
+            from ..etcdconf import config_path
+
+            origin = f"the default of --name; no etcd config file at {config_path()[0]} gives one"
+        recorded = ", ".join(validation.members or []) or "another member"
+        peers = ",".join(rest.initial_advertise_peer_urls) or "none"
+        raise ConfigError(
+            f"data dir {data_dir} belongs to member {recorded}, but this member's name is {rest.name!r} (from "
+            f"{origin}) and its peer URLs are {peers}: set --name (or the name in etcd's config file, ETCD_CONF) "
+            "or --initial-advertise-peer-urls to the member's, or mount this member's own volume; nothing was "
+            "restored, moved or removed")
+
     @staticmethod
     def _unusable(data_dir: Path, validation: Validation) -> None:
         log.warning("data dir is not usable", extra={"data_dir": str(data_dir), "status": validation.status.value,
@@ -196,12 +221,13 @@ class Initializer:
         if selection is None or selection.chain is None:
             return self._without_backup(data_dir, validation, bool(self.config.store.provider))
         restorer = Restorer(selection.store, self.config.restoration, progress=self.progress, release=self.release)
-        revision = restorer.restore(str(data_dir), chain=selection.chain)
+        revision = restorer.restore(str(data_dir), chain=selection.chain, replace=True, judged=validation)
         return InitResult(validation, "restored", revision)
 
     # -- multi-member clusters ---------------------------------------------------------------
     def _run_multi(self, mode: str, data_dir: Path, size: int) -> InitResult:
         validation = self._validate(mode, data_dir, None)
+        self._refuse_other_member(data_dir, validation)
         if validation.valid:
             return self._keep(data_dir, validation, mode)
         self._unusable(data_dir, validation)
@@ -259,10 +285,9 @@ class Initializer:
         if running:
             raise RestoreError(f"an etcd answers at this member's peer URL {running[0]}: initialize must run before "
                                "the member's etcd starts, and never replaces a running member")
-        self._move_aside(data_dir)
+        move_aside(data_dir, reason_word(validation))  # kept: see .datadir
         replacement = MemberReplacer(self.config.etcd, rest, self.release, data_dir).run(view)
-        for aside in data_dir.parent.glob(f"{data_dir.name}.replaced-*"):  # this run's and failed runs'
-            shutil.rmtree(aside, ignore_errors=True)
+        prune_asides(data_dir)
         log.warning("member rejoined the cluster: its data dir was synced from the leader, and etcd starts on it "
                     "with its usual flags (a data dir with a WAL makes --initial-cluster-state irrelevant)",
                     extra={"member": rest.name, "member_id": f"{replacement.member_id:x}",
@@ -270,16 +295,6 @@ class Initializer:
                            "initial_cluster": replacement.initial_cluster, "data_dir": str(data_dir)})
         return InitResult(validation, "rejoined", member_id=replacement.member_id,
                           initial_cluster=replacement.initial_cluster, initial_cluster_state="existing")
-
-    @staticmethod
-    def _move_aside(data_dir: Path) -> Path | None:
-        """Keep what the unusable data dir held until the member has rejoined."""
-        if not (data_dir.exists() or data_dir.is_symlink()):
-            return None
-        aside = data_dir.with_name(f"{data_dir.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-        os.rename(data_dir, aside)
-        log.info("moved the unusable data dir aside", extra={"data_dir": str(data_dir), "aside": str(aside)})
-        return aside
 
     def _select(self) -> Selection:
         sel = select_source(self.config)
@@ -296,52 +311,23 @@ class Initializer:
                                            latest_revision=latest, release=lambda: self.release,
                                            peer_urls=self.config.restoration.initial_advertise_peer_urls)
             if validation.status is DataDirStatus.REVISION_BEHIND:
-                validation = self._recheck_after_wal_replay(data_dir, validation, latest)
+                restoration = self.config.restoration
+                validation = recheck_after_wal_replay(data_dir, validation, latest, release=self.release,
+                                                      name=restoration.name, limits=embedded_limits(restoration))
             ok = True
             return validation
         finally:
             metrics.validation_duration.labels(succeeded=metrics.label_bool(ok)).observe(time.monotonic() - started)
-
-    def _recheck_after_wal_replay(self, data_dir: Path, validation: Validation, latest: int | None) -> Validation:
-        """The db may lag the WAL after a crash: let etcd replay it (as it would on start) and look
-        again, as the Go initializer does."""
-        log.info("db revision is behind the latest snapshot; letting etcd replay its WAL to check again",
-                 extra={"revision": validation.revision, "latest": latest})
-        restoration = self.config.restoration
-        work = Path(tempfile.mkdtemp(prefix="validate-"))
-        try:
-            member = EmbeddedEtcd(self.release, data_dir, name=restoration.name, limits=embedded_limits(restoration),
-                                  work_dir=work)
-            try:
-                member.start()
-                assert member.client is not None
-                revision = member.client.revision()
-            except EtcdbrError as exc:
-                return Validation(DataDirStatus.CORRUPT, f"etcd cannot start on the data dir: {exc}",
-                                  revision=validation.revision)
-            finally:
-                member.stop()
-                try:  # the temporary member ran without fsync on the member's own data dir
-                    fsync_tree(data_dir)
-                except OSError as exc:
-                    log.warning("could not flush the data dir after the WAL replay",
-                                extra={"data_dir": str(data_dir), "error": exc.strerror or str(exc)})
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        if latest is not None and revision < latest:
-            return Validation(DataDirStatus.REVISION_BEHIND, f"revision {revision} after WAL replay is still behind "
-                              f"the latest snapshot's revision {latest}", revision=revision)
-        return Validation(DataDirStatus.VALID, "", revision=revision)
 
     def _without_backup(self, data_dir: Path, validation: Validation, has_store: bool) -> InitResult:
         why = "no snapshot store is configured" if not has_store else "the store holds no full snapshot"
         if validation.status in (DataDirStatus.NOT_EXIST, DataDirStatus.EMPTY):
             log.info(f"nothing to restore: {why}; etcd will start a new member", extra={"data_dir": str(data_dir)})
             return InitResult(validation, "nothing")
-        log.warning(f"{why}; removing the unusable data dir so that etcd starts a new member",
-                    extra={"data_dir": str(data_dir), "status": validation.status.value})
-        if data_dir.is_dir() and not data_dir.is_symlink():
-            shutil.rmtree(data_dir)
-        else:
-            data_dir.unlink()
-        return InitResult(validation, "removed")
+        # Only a data dir etcd cannot open gets here (a healthy one is kept: without a snapshot
+        # there is no revision to be behind). It is moved aside, never deleted.
+        aside = move_aside(data_dir, reason_word(validation))
+        log.warning(f"{why}; the unusable data dir was moved aside so that etcd starts a new member",
+                    extra={"data_dir": str(data_dir), "status": validation.status.value,
+                           "aside": str(aside) if aside else ""})
+        return InitResult(validation, "moved-aside", aside=str(aside) if aside else "")

@@ -50,7 +50,7 @@ import grpc
 from aetcd import rpc
 
 from ..config import EtcdConnectionConfig, RestorationConfig
-from ..errors import ConfigError, EtcdbrError, EtcdError, RestoreError
+from ..errors import EtcdbrError, EtcdError, RestoreError
 from .binaries import EtcdRelease
 from .embedded import _free_ports, _tail
 
@@ -69,17 +69,10 @@ NOT_IN_SYNC = "in sync with leader"
 
 
 def parse_initial_cluster(text: str) -> list[tuple[str, str]]:
-    """``name=url,name=url`` as (name, url) pairs, in order."""
-    pairs = []
-    for item in (text or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        name, sep, url = item.partition("=")
-        if not sep or not url:
-            raise ConfigError(f"--initial-cluster entry {item!r} is not name=peer-url")
-        pairs.append((name.strip(), url.strip()))
-    return pairs
+    """``name=url,name=url`` as (name, url) pairs, in order (etcd's syntax, URLs checked)."""
+    from ..configcheck import parse_url_map
+
+    return parse_url_map(text)
 
 
 def cluster_size(initial_cluster: str) -> int:

@@ -2,9 +2,14 @@
 
 What a restore promises:
 
-* The previous data dir is never touched until the new one is complete. The new one is built in
-  ``<data-dir>.part`` beside it and swapped in with renames (old aside, new in, old removed); a
-  failure at any step before the swap leaves the old data dir exactly as it was.
+* The previous data dir is never touched until the new one is complete and checked (its db
+  opens, names the member, holds the revision reached, has etcd authentication on exactly when
+  the full snapshot had). The new one is built in ``<data-dir>.part`` beside it and put in place
+  with renames; the old one is moved aside and kept (:mod:`.datadir`). A failure at any step
+  before that leaves the old data dir exactly as it was. A non-empty data dir is replaced only
+  when the caller asks, and never one etcd can open at the backup's revision or later.
+* A backup with etcd authentication on is replayed with auth switched off in the db being built
+  (the replay writes as no user); it is switched back on before the check above.
 * The full snapshot is restored by the real ``etcdutl snapshot restore`` of the configured etcd
   release, which also checks etcd's SHA-256 trailer (unless ``--skip-hash-check``).
 * Deltas are replayed through a temporary etcd member on the ``.part`` dir, one transaction per
@@ -40,8 +45,9 @@ from .. import metrics
 from ..config import RestorationConfig
 from ..fsutil import fsync_dir, fsync_tree
 from ..readahead import ReadAhead
-from ..errors import EtcdbrError, IntegrityError, RestoreError, StoreError
+from ..errors import ConfigError, EtcdbrError, IntegrityError, RestoreError, StoreError
 from ..snapshot import Snapshot, chain_gaps, latest_chain
+from .bbolt import auth_enabled, set_auth_enabled
 from .binaries import EtcdRelease, find_release
 from .embedded import EmbeddedEtcd, EmbeddedLimits
 from .etcdkv import absent, delete_op, modified_at, put_op, rpc_error_text
@@ -159,27 +165,25 @@ def part_dir(data_dir: str | Path) -> Path:
     return data.with_name(data.name + ".part")
 
 
-def swap_in(part: Path, data_dir: str | Path) -> None:
-    """Replace ``data_dir`` by the complete ``part``: old aside, new in, old removed.
+def swap_in(part: Path, data_dir: str | Path, why: str = "replaced") -> Path | None:
+    """Put the complete ``part`` in place of ``data_dir``. The old data dir, if any, is moved
+    aside and kept (see :mod:`.datadir`); returns where it went."""
+    from .datadir import move_aside
 
-    Only called once ``part`` is complete, so a stale ``.old`` from an interrupted earlier swap
-    can go: the data it held is superseded by ``part``.
-    """
     data = Path(os.path.abspath(data_dir))
-    old = data.with_name(data.name + ".old")
     try:
-        if old.exists() or old.is_symlink():
-            shutil.rmtree(old)
-        had_old = data.exists() or data.is_symlink()
-        if had_old:
-            os.rename(data, old)
+        aside = move_aside(data, why)
+    except OSError as exc:
+        raise RestoreError(f"cannot move the old data dir {data} aside: {exc.strerror or exc} (it is untouched; the "
+                           f"restored copy is left at {part})") from exc
+    try:
         os.rename(part, data)
         fsync_dir(data.parent)
     except OSError as exc:
+        where = f"; the old data dir is at {aside}" if aside else ""
         raise RestoreError(f"cannot move the restored data dir {part} into place at {data}: "
-                           f"{exc.strerror or exc} (the restored copy is left at {part})") from exc
-    if had_old:
-        shutil.rmtree(old, ignore_errors=True)
+                           f"{exc.strerror or exc} (the restored copy is left at {part}{where})") from exc
+    return aside
 
 
 def _group_by_revision(events) -> list[tuple[int, list]]:
@@ -237,6 +241,10 @@ class Restorer:
         self.progress = progress or Progress()
         self._release = release
         self._next_guard = None  # see _replay
+        # etcd authentication in the full snapshot (None: not looked at yet); when on, the replay
+        # runs with it switched off in the restored db, and ``auth_switched_off`` says so
+        self.source_auth: bool | None = None
+        self.auth_switched_off = False
 
     @property
     def release(self) -> EtcdRelease:
@@ -249,9 +257,14 @@ class Restorer:
         full, deltas = latest_chain(self.store.list())
         return Chain(full, deltas) if full is not None else None
 
-    def restore(self, data_dir: str | None = None, *, chain: Chain | None = None) -> int | None:
+    def restore(self, data_dir: str | None = None, *, chain: Chain | None = None, replace: bool = False,
+                judged=None) -> int | None:
         """Rebuild ``data_dir`` (default ``--data-dir``); returns the restored revision, or None
-        when the store holds no full snapshot (nothing is touched then)."""
+        when the store holds no full snapshot (nothing is touched then).
+
+        A non-empty ``data_dir`` is refused unless ``replace``; even then one that etcd can open
+        at the chain's revision or later is refused (:func:`.datadir.guard_replacement`;
+        ``judged``: the caller's validation of it). A replaced one is moved aside and kept."""
         data_dir = data_dir or self.config.data_dir
         started = time.monotonic()
         ok = False
@@ -261,22 +274,34 @@ class Restorer:
                 log.info("No base snapshot found. Will do nothing.", extra={"store": self.store.display})
                 ok = True
                 return None
-            revision = self._restore(data_dir, chain)
+            revision = self._restore(data_dir, chain, replace, judged)
             ok = True
             return revision
         finally:
             metrics.restoration_duration.labels(restore="single_node", succeeded=metrics.label_bool(ok)).observe(
                 time.monotonic() - started)
 
-    def _restore(self, data_dir: str, chain: Chain) -> int:
-        self.check_chain(chain)
+    def _restore(self, data_dir: str, chain: Chain, replace: bool, judged) -> int:
+        from ..configcheck import check_member_urls
+        from .datadir import (guard_replacement, is_empty, is_no_space, no_room, prune_asides, reason_word)
         from .validator import DataDirLocked, _check_unlocked
 
+        self.check_chain(chain)
+        check_member_urls(self.config)  # what etcdutl would refuse, before anything is written
+        data = Path(os.path.abspath(data_dir))
         try:  # swapping a data dir out from under a running etcd would lose whatever it writes next
-            _check_unlocked(Path(data_dir) / "member" / "snap" / "db")
+            _check_unlocked(data / "member" / "snap" / "db")
         except DataDirLocked as exc:
             raise RestoreError(f"{exc}; stop it before restoring") from None
-        part = part_dir(data_dir)
+        if not is_empty(data):
+            if not replace:
+                raise ConfigError(f"--data-dir {data} is not empty: restore never overwrites a data dir unless "
+                                  "--replace-data-dir=true is given (the old one is then moved aside and kept); "
+                                  "nothing was changed")
+            judged = guard_replacement(data, chain.last_revision, release=self.release, limits=self._limits(),
+                                       judged=judged)
+        self._check_room(data, chain)
+        part = part_dir(data)
         work, root_created = _work_dir(self.config.temp_snapshots_dir)
         try:
             revision, member = self.build(part, chain, work)
@@ -285,16 +310,62 @@ class Restorer:
                 fsync_tree(part)
             except OSError as exc:
                 raise RestoreError(f"cannot flush the restored data dir {part} to disk: {exc.strerror or exc}") from exc
-            swap_in(part, data_dir)
-        except BaseException:
+            self._check_restored(part, chain, revision)
+            aside = swap_in(part, data, reason_word(judged))
+        except BaseException as exc:
             shutil.rmtree(part, ignore_errors=True)
+            text = str(exc) if isinstance(exc, EtcdbrError) else getattr(exc, "strerror", None) or str(exc)
+            # the data dir's volume (a full --restoration-temp-snapshots-dir elsewhere keeps its own error)
+            if isinstance(exc, (OSError, EtcdbrError)) and is_no_space(text) and (
+                    isinstance(exc, OSError) or str(data) in text):
+                raise no_room(data, text) from exc
             raise
         finally:
             self.progress.close()
             _cleanup_work_dir(work, root_created)
+        if aside is not None:
+            prune_asides(data)
         self.progress.info(f"restore done at revision {revision}", revision=revision,
-                           data_dir=str(data_dir), store=self.store.display)
+                           data_dir=str(data_dir), store=self.store.display,
+                           **({"old_data_dir_kept_at": str(aside)} if aside else {}))
         return revision
+
+    def _check_room(self, data: Path, chain: Chain) -> None:
+        """Refuse early when the volume cannot even hold the full snapshot as stored (a lower
+        bound of the restored db); a shortfall found later fails the restore the same way."""
+        from .datadir import no_room
+
+        if not chain.full.size:
+            return
+        try:
+            free = shutil.disk_usage(data.parent if data.parent.exists() else data.parent.parent).free
+        except OSError:
+            return
+        if free < chain.full.size:
+            raise no_room(data, f"{free} bytes free, the full snapshot alone is {chain.full.size} bytes")
+
+    def _check_restored(self, part: Path, chain: Chain, revision: int) -> None:
+        """The restored data dir must check out before it replaces anything: its db opens, names
+        this member, holds the revision the replay reached (at least the chain's last) and has
+        authentication on exactly when the full snapshot had."""
+        from .bbolt import CorruptDB, auth_enabled, read_etcd_db
+
+        db = part / "member" / "snap" / "db"
+        try:
+            info = read_etcd_db(db)
+            auth = auth_enabled(db)
+        except (CorruptDB, OSError) as exc:
+            raise RestoreError(f"the restored data dir {part} does not check out: {exc}") from exc
+        problems = []
+        if info.revision < chain.last_revision or (chain.deltas and info.revision != revision):
+            problems.append(f"its revision is {info.revision}, expected {revision}")
+        if self.config.name not in [m.get("name") for m in info.members]:
+            problems.append(f"it does not record member {self.config.name!r}")
+        if self.source_auth is not None and auth != self.source_auth:
+            problems.append(f"authentication is {'on' if auth else 'off'} but was {'on' if self.source_auth else 'off'}"
+                            " in the full snapshot")
+        if problems:
+            raise RestoreError(f"the restored data dir {part} does not check out: {'; '.join(problems)}")
 
     def check_chain(self, chain: Chain) -> None:
         gaps = chain_gaps(chain.full, chain.deltas)
@@ -316,9 +387,11 @@ class Restorer:
             log.warning("removing an unfinished restore left by an earlier run", extra={"path": str(target)})
             shutil.rmtree(target)
         db = self._fetch_full(chain.full, work)
+        self.auth_switched_off = False
         if not chain.deltas and not keep_running:
             self._restore_full(release, db, chain.full, target)
             db.unlink(missing_ok=True)
+            self.source_auth = auth_enabled(target / "member" / "snap" / "db")
             return self._db_revision(release, target), None
         # A data dir restored for a multi-member cluster names the real peers, and a member
         # started on it talks to them: it would join a live cluster, or be sent entries it never
@@ -328,6 +401,8 @@ class Restorer:
         replay = work / "replay.etcd" if multi and not keep_running else target
         self._restore_full(release, db, chain.full, replay, lone=multi)
         db.unlink(missing_ok=True)
+        replay_db = replay / "member" / "snap" / "db"
+        self._switch_auth_off(replay_db)
         member = EmbeddedEtcd(release, replay, name=self.config.name, limits=self._limits(), work_dir=work)
         member.start()
         try:
@@ -338,12 +413,26 @@ class Restorer:
         if keep_running:
             return revision, member
         member.stop()
+        if self.auth_switched_off:
+            set_auth_enabled(replay_db, True)
+            log.info("switched etcd authentication back on in the restored data", extra={"db": str(replay_db)})
         if replay != target:
             try:
                 self._restore_full(release, replay / "member" / "snap" / "db", chain.full, target, replayed=True)
             finally:
                 shutil.rmtree(replay, ignore_errors=True)
         return revision, None
+
+    def _switch_auth_off(self, db: Path) -> None:
+        """The replay writes as no user, which a db with authentication on refuses (the Go tool
+        disables auth on its embedded etcd for the same reason). Switched off in the db being
+        built, before its temporary member starts; switched back on before anything uses it."""
+        self.source_auth = auth_enabled(db)
+        if self.source_auth:
+            set_auth_enabled(db, False)
+            self.auth_switched_off = True
+            log.info("the backup has etcd authentication on: replaying the deltas with it switched off in the "
+                     "restored data; it is switched back on before the data dir is used", extra={"db": str(db)})
 
     # -- full snapshot -----------------------------------------------------------------------
     def _fetch_full(self, full: Snapshot, work: Path) -> Path:

@@ -1,7 +1,8 @@
 """Is an etcd data dir fit to start from? Read-only checks; nothing here writes to the data dir.
 
 ``sanity``: the directory layout (``member/snap/db``, ``member/wal/*.wal``), bbolt's meta pages
-(magic, version, checksum), the membership recorded in the db (a member of our ``--name``) and,
+(magic, version, checksum), the membership recorded in the db (a member of our ``--name``; a
+mismatch is reported, and the initializer refuses it rather than judge the data unusable) and,
 when the caller asks for it (one-member clusters), the db's revision against the latest
 snapshot's. ``full`` adds a read of the whole db by the configured ``etcdutl snapshot status``
 (which fails on damaged pages) and the WAL file names.
@@ -27,6 +28,7 @@ from .binaries import EtcdRelease
 
 log = logging.getLogger(__name__)
 
+ETCD_DEFAULT_PEER_URL = "http://localhost:2380"
 WAL_NAME = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{16}\.wal$")
 STATUS_TIMEOUT = 1800
 
@@ -50,6 +52,7 @@ class Validation:
     status: DataDirStatus
     reason: str = ""
     revision: int | None = None
+    members: list[str] | None = None  # MemberMismatch: the members the data dir records
 
     @property
     def valid(self) -> bool:
@@ -89,18 +92,27 @@ def db_status(release: EtcdRelease, db: Path) -> dict:
 
 
 def _records_member(members: list[dict], name: str, peer_urls: Sequence[str]) -> bool:
-    """Does the db's membership include ``name``? etcd 3.5 writes no name into the db's record
-    of a member added at runtime (``member add``, a rejoin; the name lives in its v2 store): such
-    a record is recognised by its peer URLs."""
+    """Does the db's membership include this member? By ``name``, or by its peer URLs: the db
+    keeps the name a member was created or restored with, even after it runs under another one
+    (etcd 3.5 updates only its v2 store then; a restore by the Go tool, which etcd-druid runs
+    without ``--name``, records ``default``), and a member added at runtime (``member add``, a
+    rejoin) has no name there at all. Peer URLs are how the cluster knows a member; etcd's default
+    peer URL, which any member left at the defaults shares, identifies no one."""
+    mine = set(peer_urls) - {ETCD_DEFAULT_PEER_URL}
     for m in members:
         if m.get("name") == name:
             return True
-        if not m.get("name") and (not peer_urls or set(m.get("peerURLs") or ()) & set(peer_urls)):
+        urls = set(m.get("peerURLs") or ())
+        if urls & mine or (not m.get("name") and not mine):
             return True
     return False
 
 
-def validate_data_dir(data_dir: str | Path, mode: str, *, name: str, latest_revision: int | None,
+def _describe(members: list[dict]) -> list[str]:
+    return [f"{m.get('name', '')!r} (peer URLs {','.join(m.get('peerURLs') or ()) or 'none'})" for m in members]
+
+
+def validate_data_dir(data_dir: str | Path, mode: str, *, name: str | None, latest_revision: int | None,
                       release: EtcdRelease | Callable[[], EtcdRelease] | None = None,
                       peer_urls: Sequence[str] = ()) -> Validation:
     """Judge ``data_dir``. Raises :class:`DataDirLocked` when a running etcd owns it.
@@ -109,7 +121,8 @@ def validate_data_dir(data_dir: str | Path, mode: str, *, name: str, latest_revi
     passes None for multi-member clusters, where Raft catches a member up) makes a db behind it
     RevisionBehind. ``peer_urls`` (``--initial-advertise-peer-urls``) recognise this member among
     unnamed membership records. ``release`` (or a function returning it, called only when
-    needed) runs the full mode's ``etcdutl snapshot status``; without it that step is skipped."""
+    needed) runs the full mode's ``etcdutl snapshot status``; without it that step is skipped.
+    ``name`` None: any member's data dir (no membership check)."""
     path = Path(data_dir)
     if not path.exists():
         return Validation(DataDirStatus.NOT_EXIST, f"{path} does not exist")
@@ -135,11 +148,11 @@ def validate_data_dir(data_dir: str | Path, mode: str, *, name: str, latest_revi
         return Validation(DataDirStatus.CORRUPT, f"{db}: {exc}")
     except OSError as exc:
         return Validation(DataDirStatus.CORRUPT, f"{db}: {exc.strerror or exc}")
-    names = [m.get("name", "") for m in info.members]
-    if info.members and not _records_member(info.members, name, peer_urls):
+    if name is not None and info.members and not _records_member(info.members, name, peer_urls):
+        recorded = _describe(info.members)
         return Validation(DataDirStatus.MEMBER_MISMATCH,
-                          f"the data dir belongs to member(s) {', '.join(map(repr, names))}, not {name!r}",
-                          revision=info.revision)
+                          f"the data dir belongs to member(s) {', '.join(recorded)}, not {name!r}",
+                          revision=info.revision, members=recorded)
     if mode == "full":
         bad = [n for n in wal_files if not WAL_NAME.match(n)]
         if bad:
