@@ -127,7 +127,7 @@ def test_losing_leadership_copies_the_final_delta_to_the_secondary(tmp_path, etc
         for i, member in enumerate(cluster.members):
             servers.append(ServerProcess(tmp_path, [
                 "--endpoints", member.client_url, *s3_store_args(s3_server, s3_bucket, "ha"), *secondary_flags,
-                "--backup-sync-enabled", "--reelection-period=1s", "--log-format=json", *QUIET,
+                "--backup-sync-enabled", "--reelection-period=1.1s", "--log-format=json", *QUIET,
             ], env, name=f"sidecar{i}").start())
         old = cluster.leader_index()
         for server in servers:
