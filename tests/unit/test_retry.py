@@ -1,0 +1,113 @@
+"""The one retry policy (etcdbr.retry): attempts, pauses, what is retried, and stopping early."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from etcdbr.errors import ObjectNotFound, StoreUnavailable
+from etcdbr.retry import STORE_PART, Policy, aretry_call, retry_call, wait_unless_stopped
+
+
+class Flaky:
+    """Fails with ``errors`` in turn, then returns ``value``; counts its calls."""
+
+    def __init__(self, *errors: BaseException, value: str = "ok") -> None:
+        self.errors = list(errors)
+        self.calls = 0
+        self.value = value
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.value
+
+
+def unavailable() -> StoreUnavailable:
+    return StoreUnavailable("down", endpoint="S3/b")
+
+
+def test_policy_pauses_double_up_to_the_cap():
+    policy = Policy(attempts=5, first_wait=1.0, max_wait=3.0)
+    assert policy.waits() == [1.0, 2.0, 3.0, 3.0]
+    assert policy.worst_case(per_attempt=10.0) == 50.0 + 9.0
+    assert Policy.from_flags(retries=2, first_wait=30.0).waits() == [30.0, 60.0]
+    assert Policy.from_flags(retries=-1, first_wait=30.0).attempts == 1
+    with pytest.raises(ValueError):
+        Policy(attempts=0, first_wait=1.0)
+
+
+def test_store_part_policy_is_the_documented_one():
+    assert STORE_PART.attempts == 3 and STORE_PART.waits() == [1.0, 2.0]
+
+
+def test_transient_failures_are_retried_until_success():
+    fn = Flaky(unavailable(), unavailable())
+    seen = []
+    assert retry_call(Policy(3, 0.0), fn, on_retry=lambda n, exc, pause: seen.append((n, type(exc), pause))) == "ok"
+    assert fn.calls == 3
+    assert seen == [(1, StoreUnavailable, 0.0), (2, StoreUnavailable, 0.0)]
+
+
+def test_the_last_failure_is_raised_after_every_attempt():
+    fn = Flaky(unavailable(), unavailable(), unavailable(), unavailable())
+    with pytest.raises(StoreUnavailable):
+        retry_call(Policy(3, 0.0), fn)
+    assert fn.calls == 3
+
+
+def test_facts_about_the_request_are_not_retried():
+    fn = Flaky(ObjectNotFound("gone"))
+    with pytest.raises(ObjectNotFound):
+        retry_call(Policy(5, 0.0), fn)
+    assert fn.calls == 1
+
+
+def test_a_stop_ends_the_pause_at_once_and_raises_the_last_failure():
+    stop = threading.Event()
+    fn = Flaky(unavailable(), unavailable())
+    threading.Timer(0.05, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        retry_call(Policy(3, 60.0), fn, stop=stop)
+    assert time.monotonic() - started < 10
+    assert fn.calls == 1
+
+
+def test_async_retries_and_stop():
+    async def scenario():
+        fn = Flaky(unavailable(), value="done")
+
+        async def once():
+            return fn()
+
+        assert await aretry_call(Policy(2, 0.0), once) == "done"
+        assert fn.calls == 2
+
+        stop = asyncio.Event()
+        failing = Flaky(unavailable(), unavailable())
+
+        async def fail():
+            return failing()
+
+        asyncio.get_running_loop().call_later(0.05, stop.set)
+        with pytest.raises(StoreUnavailable):
+            await aretry_call(Policy(3, 60.0), fail, stop=stop)
+        assert failing.calls == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+
+
+def test_wait_unless_stopped():
+    async def scenario():
+        stop = asyncio.Event()
+        assert await wait_unless_stopped(stop, 0.0) is False
+        asyncio.get_running_loop().call_later(0.01, stop.set)
+        assert await wait_unless_stopped(stop, 60.0) is True
+        assert await wait_unless_stopped(stop, 60.0) is True  # already set: no wait
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))
