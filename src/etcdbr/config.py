@@ -1,8 +1,10 @@
-"""Typed configuration shared by every command, and the parsers for its value syntaxes.
+"""Typed configuration shared by every command, with every default, and its value syntaxes.
 
-Values arrive as text from flags, environment variables or a YAML file (see ``etcdbr.cli.options``
-for the precedence); the parsers here turn text into typed values or raise :class:`ValueError` with
-what was expected, which the caller turns into one line naming the flag.
+Every flag's default is the default of a field here, defined once: the flag reads it from the
+dataclass (``etcdbr.cli.options``). Values arrive as text from flags, environment variables or a
+YAML file; the parsers below turn text into typed values or raise :class:`ValueError` with what
+was expected, which the CLI's parameter types (``etcdbr.cli.types``) turn into one line naming the
+flag.
 """
 
 from __future__ import annotations
@@ -249,3 +251,62 @@ class Config:
     @property
     def secondary_configured(self) -> bool:
         return bool(self.secondary.provider)
+
+
+# -- settings of single commands ------------------------------------------------------------------
+# The flags only one command has keep their values in ``Config.extra`` under the field's name;
+# these dataclasses hold their defaults (and those of a shared setting whose default differs for
+# one command, such as the server's --restore-from).
+@dataclass
+class RestoreOptions:
+    restore_from: str = "primary"
+    dry_run: bool = False
+    replace_data_dir: bool = False
+
+
+@dataclass
+class InitializeOptions:
+    validation_mode: str = "full"
+    #: Multi-member clusters: how long to wait for the peers to show a leader (--quorum-wait).
+    quorum_wait: timedelta = timedelta(seconds=30)
+
+
+@dataclass
+class ServerOptions:
+    #: The initializer's restore source; None: auto with a secondary store, else primary
+    #: (decided once the stores are known).
+    restore_from: str | None = None
+
+
+@dataclass
+class CompactOptions:
+    defragment: bool = True
+    etcd_snapshot_timeout: timedelta = timedelta(minutes=30)
+    etcd_defrag_timeout: timedelta = timedelta(minutes=8)
+    # Accepted for compatibility with the Go tool, without effect (the lease names are checked).
+    metrics_scrape_wait_duration: timedelta = timedelta(0)
+    enable_snapshot_lease_renewal: bool = False
+    full_snapshot_lease_name: str = "full-snapshot-revisions"
+    delta_snapshot_lease_name: str = "delta-snapshot-revisions"
+
+
+@dataclass
+class CopyOptions:
+    max_backups_to_copy: int = -1     # -1: all
+    max_backup_age: int = -1          # days; -1: all
+    wait_for_final_snapshot: bool = False
+    wait_for_final_snapshot_timeout: timedelta = timedelta(0)  # 0: no limit
+    delete_orphans: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class VerifyOptions:
+    output: str = "table"
+    max_parallel_reads: int = 4
+    names_only: bool = False
+
+
+@dataclass
+class ListOptions:
+    output: str = "table"

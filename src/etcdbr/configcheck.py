@@ -3,7 +3,7 @@ data dir: at least every configuration the Go tool refuses at start (its ``Valid
 is refused here too, with one line and exit code 2.
 
 Single values (a negative count, a bad duration, an unknown policy) are refused where they are
-parsed (:mod:`etcdbr.cli.options`); the rules here need more than one value, or a syntax the
+parsed (the flags' types, :mod:`etcdbr.cli.types`); the rules here need more than one value, or a syntax the
 parsers do not know (etcd's URL lists). ``docs/configuration-rules.md`` lists both kinds, each
 with the Go tool's rule beside ours.
 """
@@ -132,15 +132,15 @@ def _reelection(c: Config) -> str | None:
 
 def _compat_duration(name: str, minimum: timedelta, wording: str) -> Callable[[Config], str | None]:
     def check(c: Config) -> str | None:
-        raw = c.extra.get("compat", {}).get(name)
+        raw = c.extra.get("compat", {}).get(name)  # parsed by the flag, raw from another command's file
         if raw is None:
             return None
         try:
-            value = parse_duration(str(raw))
+            value = raw if isinstance(raw, timedelta) else parse_duration(str(raw))
         except ValueError:
             return f"invalid value {raw!r} for --{name}: expected a duration such as 30s"
         if value <= minimum:
-            return f"--{name} must be {wording} (got {raw})"
+            return f"--{name} must be {wording} (got {_show(value)})"
         return None
 
     return check

@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import click
 
-from ..config import parse_bool, parse_duration
+from ..config import CompactOptions
 from .common import command_runner
-from .options import Opt, add_options, positive_duration, text
+from .flags import POSITIVE_DURATION
+from .options import FlagCommand, Opt, add_options
+from .types import Bool, Duration, Text
 
 GROUPS = ("restoration", "store", "compression")
 EXTRA = [
-    Opt("defragment", "extra.defragment", parse_bool, True, "Defragment the compacted data before the snapshot.",
-        is_bool=True),
-    Opt("etcd-snapshot-timeout", "extra.etcd_snapshot_timeout", positive_duration, timedelta(minutes=30),
-        "Timeout of the snapshot taken from the temporary etcd."),
-    Opt("etcd-defrag-timeout", "extra.etcd_defrag_timeout", positive_duration, timedelta(minutes=8),
-        "Timeout of the defragmentation of the temporary etcd."),
-    Opt("metrics-scrape-wait-duration", "extra.metrics_scrape_wait_duration", parse_duration, timedelta(0),
-        "Accepted for compatibility; no effect (this command serves no metrics)."),
-    Opt("enable-snapshot-lease-renewal", "extra.enable_snapshot_lease_renewal", parse_bool, False,
-        "Accepted for compatibility; no effect.", is_bool=True),
-    Opt("full-snapshot-lease-name", "extra.full_snapshot_lease_name", text, "full-snapshot-revisions",
-        "Accepted for compatibility; no effect."),
-    Opt("delta-snapshot-lease-name", "extra.delta_snapshot_lease_name", text, "delta-snapshot-revisions",
-        "Accepted for compatibility; no effect."),
+    Opt("defragment", "extra.defragment", Bool(), "Defragment the compacted data before the snapshot.",
+        defaults=CompactOptions),
+    Opt("etcd-snapshot-timeout", "extra.etcd_snapshot_timeout", POSITIVE_DURATION,
+        "Timeout of the snapshot taken from the temporary etcd.", defaults=CompactOptions),
+    Opt("etcd-defrag-timeout", "extra.etcd_defrag_timeout", POSITIVE_DURATION,
+        "Timeout of the defragmentation of the temporary etcd.", defaults=CompactOptions),
+    Opt("metrics-scrape-wait-duration", "extra.metrics_scrape_wait_duration", Duration(),
+        "Accepted for compatibility; no effect (this command serves no metrics).", defaults=CompactOptions),
+    Opt("enable-snapshot-lease-renewal", "extra.enable_snapshot_lease_renewal", Bool(),
+        "Accepted for compatibility; no effect.", defaults=CompactOptions),
+    Opt("full-snapshot-lease-name", "extra.full_snapshot_lease_name", Text(),
+        "Accepted for compatibility; no effect.", defaults=CompactOptions),
+    Opt("delta-snapshot-lease-name", "extra.delta_snapshot_lease_name", Text(),
+        "Accepted for compatibility; no effect.", defaults=CompactOptions),
 ]
 
 
-@click.command(name="compact")
+@click.command(name="compact", cls=FlagCommand)
 @add_options(*GROUPS, extra=EXTRA)
 @command_runner(*GROUPS, extra=EXTRA, restores=True)
 def command(config, **_params) -> int:

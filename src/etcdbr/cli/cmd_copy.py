@@ -19,12 +19,13 @@ from datetime import timedelta
 
 import click
 
-from ..config import Config, parse_bool, parse_duration, parse_int
+from ..config import Config, CopyOptions
 from ..copier import BackupCopier, SyncResult, own_snapshots, plan_sync, select_backups
 from ..errors import ConfigError
 from ..snapshot import Kind
 from .common import command_runner, open_checked_store
-from .options import Opt, add_options
+from .options import FlagCommand, Opt, add_options
+from .types import Bool, Duration, Integer
 
 log = logging.getLogger(__name__)
 
@@ -35,53 +36,33 @@ FINAL_LOOKBACK = 4
 GROUPS = ("source", "store", "sync")
 
 
-def _days(text: str) -> int:
-    v = parse_int(text)
-    if v < -1:
-        raise ValueError("a number of days, or -1 for all")
-    return v
-
-
-def _count(text: str) -> int:
-    v = parse_int(text)
-    if v < -1:
-        raise ValueError("a number of backups, or -1 for all")
-    return v
-
-
-def _timeout(text: str) -> timedelta:
-    d = parse_duration(text)
-    if d < timedelta(0):
-        raise ValueError("a duration >= 0 such as 30m (0 = wait without limit)")
-    return d
-
-
 COPY_EXTRA = [
-    Opt("max-backups-to-copy", "extra.max_backups_to_copy", _count, -1,
-        "Copy only the newest N backups (a full snapshot and its deltas); -1 = all."),
-    Opt("max-backup-age", "extra.max_backup_age", _days, -1,
-        "Copy only backups whose full snapshot is younger than N days; -1 = all."),
-    Opt("wait-for-final-snapshot", "extra.wait_for_final_snapshot", parse_bool, False,
+    Opt("max-backups-to-copy", "extra.max_backups_to_copy", Integer(-1, expect="a number of backups, or -1 for all"),
+        "Copy only the newest N backups (a full snapshot and its deltas); -1 = all.", defaults=CopyOptions),
+    Opt("max-backup-age", "extra.max_backup_age", Integer(-1, expect="a number of days, or -1 for all"),
+        "Copy only backups whose full snapshot is younger than N days; -1 = all.", defaults=CopyOptions),
+    Opt("wait-for-final-snapshot", "extra.wait_for_final_snapshot", Bool(),
         "Wait until one of the source's latest full snapshots is a final one (the source's etcd has shut down).",
-        is_bool=True),
-    Opt("wait-for-final-snapshot-timeout", "extra.wait_for_final_snapshot_timeout", _timeout, timedelta(0),
-        "Stop waiting for the final snapshot after this long and copy anyway; 0 = no limit."),
-    Opt("delete-orphans", "extra.delete_orphans", parse_bool, False,
+        defaults=CopyOptions),
+    Opt("wait-for-final-snapshot-timeout", "extra.wait_for_final_snapshot_timeout",
+        Duration(timedelta(0), inclusive=True, expect="a duration >= 0 such as 30m (0 = wait without limit)"),
+        "Stop waiting for the final snapshot after this long and copy anyway; 0 = no limit.", defaults=CopyOptions),
+    Opt("delete-orphans", "extra.delete_orphans", Bool(),
         "Also delete destination snapshots the source does not have (guarded by --backup-sync-max-delete-fraction).",
-        is_bool=True),
-    Opt("dry-run", "extra.dry_run", parse_bool, False, "Print what would be copied and deleted; change nothing.",
-        is_bool=True),
+        defaults=CopyOptions),
+    Opt("dry-run", "extra.dry_run", Bool(), "Print what would be copied and deleted; change nothing.",
+        defaults=CopyOptions),
 ]
 
 
-def complete_source(config: Config, params: dict) -> None:
+def complete_source(config: Config) -> None:
     """Empty source provider and prefix (and an unset temp dir) inherit the destination's, as in Go."""
     src, dst = config.source, config.store
     if not src.provider:
         src.provider = dst.provider
     if not src.prefix:
         src.prefix = dst.prefix
-    if params.get("source_snapstore_temp_directory") is None and src.temp_dir == "/tmp":
+    if config.extra["origins"].get("source-snapstore-temp-directory", "default") == "default":
         src.temp_dir = dst.temp_dir
     if (src.effective_provider, src.container, src.prefix_v2, src.endpoint_override) == (
             dst.effective_provider, dst.container, dst.prefix_v2, dst.endpoint_override):
@@ -189,10 +170,10 @@ async def _copy(source, dest, config: Config, progress: _Progress) -> tuple[Sync
     return result, problems
 
 
-@click.command(name="copy")
+@click.command(name="copy", cls=FlagCommand)
 @add_options(*GROUPS, extra=COPY_EXTRA)
 @command_runner(*GROUPS, extra=COPY_EXTRA)
-def command(config: Config, **params) -> int:
+def command(config: Config, **_params) -> int:
     """Copy snapshots from a source store (--source-*) to a destination store, verifying each copy.
 
     One sync run of the BackupCopier: snapshots are compared by name ignoring '.final' (rerunning
@@ -201,7 +182,7 @@ def command(config: Config, **params) -> int:
     the source lacks are deleted too (never when the source is empty). Exits 1 if anything
     selected is still missing afterwards.
     """
-    complete_source(config, params)
+    complete_source(config)
     source = open_checked_store(config.source)
     try:
         dest = open_checked_store(config.store)

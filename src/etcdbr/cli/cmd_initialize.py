@@ -6,31 +6,25 @@ from datetime import timedelta
 
 import click
 
-from ..config import parse_duration
+from ..config import InitializeOptions
 from .cmd_restore import RESTORE_FROM
 from .common import command_runner
-from .options import Opt, add_options, choice
+from .options import FlagCommand, Opt, add_options
+from .types import Choice, Duration
 
-
-def _wait(text: str) -> timedelta:
-    d = parse_duration(text)
-    if d < timedelta(0):
-        raise ValueError("a duration >= 0 such as 30s or 2m")
-    return d
-
-
-VALIDATION_MODE = Opt("validation-mode", "extra.validation_mode", choice("full", "sanity"), "full",
+VALIDATION_MODE = Opt("validation-mode", "extra.validation_mode", Choice("full", "sanity"),
                       "full: structure, membership, revision and a read of the whole db; "
-                      "sanity: the quick checks only.")
-QUORUM_WAIT = Opt("quorum-wait", "extra.quorum_wait", _wait, timedelta(seconds=30),
+                      "sanity: the quick checks only.", defaults=InitializeOptions)
+QUORUM_WAIT = Opt("quorum-wait", "extra.quorum_wait",
+                  Duration(timedelta(0), inclusive=True, expect="a duration >= 0 such as 30s or 2m"),
                   "Multi-member clusters: how long to wait for the other members (--service-endpoints, else "
                   "--endpoints) to show a leader before an unusable data dir counts as part of a whole-cluster "
-                  "loss and is restored from the store.")
+                  "loss and is restored from the store.", defaults=InitializeOptions)
 GROUPS = ("restoration", "store", "secondary", "etcd")
 EXTRA = [VALIDATION_MODE, RESTORE_FROM, QUORUM_WAIT]
 
 
-@click.command(name="initialize")
+@click.command(name="initialize", cls=FlagCommand)
 @add_options(*GROUPS, extra=EXTRA)
 @command_runner(*GROUPS, extra=EXTRA, member=True)
 def command(config, **_params) -> int:

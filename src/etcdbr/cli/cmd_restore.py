@@ -8,28 +8,31 @@ from pathlib import Path
 
 import click
 
-from ..config import parse_bool
+from ..config import RestoreOptions
 from ..errors import ConfigError
 from .common import command_runner
-from .options import Opt, add_options, choice
+from .options import FlagCommand, Opt, add_options
+from .types import Bool, Choice
 
 log = logging.getLogger(__name__)
 
 RESTORE_FROM = Opt(
-    "restore-from", "restoration.restore_from", choice("primary", "secondary", "auto"), "primary",
+    "restore-from", "restoration.restore_from", Choice("primary", "secondary", "auto"),
     "Store to restore from: primary, secondary (the --secondary-* store) or auto (the store whose own "
     "chain reaches the highest revision without a gap; the secondary when the primary cannot be read).",
+    defaults=RestoreOptions,
 )
-DRY_RUN = Opt("dry-run", "extra.dry_run", parse_bool, False,
-              "Choose and check the chain and say what would be restored; touch nothing.", is_bool=True)
-REPLACE = Opt("replace-data-dir", "extra.replace_data_dir", parse_bool, False,
+DRY_RUN = Opt("dry-run", "extra.dry_run", Bool(),
+              "Choose and check the chain and say what would be restored; touch nothing.", defaults=RestoreOptions)
+REPLACE = Opt("replace-data-dir", "extra.replace_data_dir", Bool(),
               "Replace a non-empty --data-dir: the old one is moved aside to <data-dir>.aside-<time>-<why> and kept. "
-              "A data dir etcd can open that is at least as new as the backup is refused even so.", is_bool=True)
+              "A data dir etcd can open that is at least as new as the backup is refused even so.",
+              defaults=RestoreOptions)
 GROUPS = ("restoration", "store", "secondary")
 EXTRA = [RESTORE_FROM, DRY_RUN, REPLACE]
 
 
-@click.command(name="restore")
+@click.command(name="restore", cls=FlagCommand)
 @add_options(*GROUPS, extra=EXTRA)
 @command_runner(*GROUPS, extra=EXTRA, member=True, restores=True)
 def command(config, **_params) -> int:

@@ -6,17 +6,20 @@ import json
 
 import click
 
+from ..config import ListOptions
 from .common import command_runner, open_checked_store, within_deadline
-from .options import Opt, add_options, choice
+from .options import FlagCommand, FlagGroup, Opt, add_options
+from .types import Choice
 
-LIST_EXTRA = [Opt("output", "extra.output", choice("table", "json"), "table", "Output format: table or json.", short="o")]
+LIST_EXTRA = [Opt("output", "extra.output", Choice("table", "json"), "Output format: table or json.", short="o",
+                  defaults=ListOptions)]
 
 
 SNAPSHOT_GROUPS = ("etcd", "store", "snapshotter", "compression", "backoff")
 
 
-@click.group(name="snapshot", invoke_without_command=True)
-@add_options(*SNAPSHOT_GROUPS, "logging")
+@click.group(name="snapshot", cls=FlagGroup, invoke_without_command=True)
+@add_options(*SNAPSHOT_GROUPS)
 @click.pass_context
 def command(ctx: click.Context, **params) -> None:
     """Take full and delta snapshots of etcd in the foreground (with garbage collection and
@@ -127,7 +130,7 @@ def _compression_name(suffix: str) -> str:
         return f"unknown({suffix})"
 
 
-@command.command(name="list")
+@command.command(name="list", cls=FlagCommand)
 @add_options("store", extra=LIST_EXTRA)
 @command_runner("store", extra=LIST_EXTRA)
 def list_command(config, **_params) -> int:
@@ -147,7 +150,7 @@ def list_command(config, **_params) -> int:
             store.close()
 
     snaps = within_deadline(3 * config.store.timeout.total_seconds(), store.display, check_and_list)
-    output = config.extra.get("output", "table")
+    output = config.extra["output"]
     if output == "json":
         rows = []
         for s in snaps:

@@ -10,19 +10,23 @@ import json
 
 import click
 
+from ..config import VerifyOptions
 from .common import command_runner, open_checked_store
-from .options import Opt, add_options, choice, parse_bool, positive_int
+from .options import FlagCommand, Opt, add_options
+from .types import Bool, Choice, positive
 
 EXTRA = [
-    Opt("output", "extra.output", choice("table", "json"), "table", "Report format: table or json.", short="o"),
-    Opt("max-parallel-reads", "extra.max_parallel_reads", positive_int, 4, "Objects read and checked at once."),
-    Opt("names-only", "extra.names_only", parse_bool, False,
-        "Check names, chains and leftovers from the listing alone, without reading objects.", is_bool=True),
+    Opt("output", "extra.output", Choice("table", "json"), "Report format: table or json.", short="o",
+        defaults=VerifyOptions),
+    Opt("max-parallel-reads", "extra.max_parallel_reads", positive(), "Objects read and checked at once.",
+        defaults=VerifyOptions),
+    Opt("names-only", "extra.names_only", Bool(),
+        "Check names, chains and leftovers from the listing alone, without reading objects.", defaults=VerifyOptions),
 ]
 
 
-@click.command(name="verify")
-@add_options("store", "logging", extra=EXTRA)
+@click.command(name="verify", cls=FlagCommand)
+@add_options("store", extra=EXTRA)
 @command_runner("store", extra=EXTRA)
 def command(config, **_params) -> int:
     """Verify one store: every snapshot decompresses and matches its SHA-256, chains have no gaps,
@@ -32,8 +36,8 @@ def command(config, **_params) -> int:
 
     store = open_checked_store(config.store, sweep=False)  # verify reports leftovers, never removes them
     try:
-        report = verify_store(store, parallel=config.extra.get("max_parallel_reads", 4),
-                              check_content=not config.extra.get("names_only", False))
+        report = verify_store(store, parallel=config.extra["max_parallel_reads"],
+                              check_content=not config.extra["names_only"])
     finally:
         store.close()
     if config.extra.get("output") == "json":

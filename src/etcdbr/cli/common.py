@@ -33,7 +33,7 @@ def command_runner(*groups: str, extra=None, member: bool = False, restores: boo
         def wrapper(**params):
             previous = _interrupt_on_sigterm()
             try:
-                config = resolve(params, *groups, "logging", extra=extra)
+                config = resolve(click.get_current_context(), *groups, "logging", extra=extra)
                 logs.setup(config.log_level, config.log_format)
                 for secret in secret_values(config):
                     logs.register_secret(secret)

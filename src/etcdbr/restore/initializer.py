@@ -44,7 +44,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from .. import metrics
-from ..config import Config
+from ..config import Config, InitializeOptions
 from ..errors import ConfigError, EtcdbrError, RestoreError
 from .binaries import EtcdRelease, find_release
 from .datadir import check_volume, move_aside, prune_asides, reason_word, recheck_after_wal_replay
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 MODES = ("full", "sanity")
 # How long a member of a multi-member cluster waits for its peers to show a quorum before it
 # takes an unusable data dir for part of a whole-cluster loss (``--quorum-wait``).
-DEFAULT_QUORUM_WAIT = timedelta(seconds=30)
+DEFAULT_QUORUM_WAIT = InitializeOptions.quorum_wait
 
 
 class InitStatus(str, enum.Enum):
