@@ -94,6 +94,30 @@ def parse_cron(text: str) -> str:
     return expr
 
 
+def read_yaml_mapping(path: str, *, unreadable: str, invalid: str, not_mapping: str) -> dict:
+    """A YAML file holding a mapping (an empty file: an empty one). The messages of the
+    :class:`ConfigError` raised otherwise are templates with ``{path}``, ``{reason}`` (why the file
+    cannot be read) and ``{where}`` (`` at line N`` of a syntax error)."""
+    import yaml
+
+    from .errors import ConfigError
+
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(unreadable.format(path=path, reason=exc.strerror)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(invalid.format(path=path, where=where)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(not_mapping.format(path=path))
+    return data
+
+
 def parse_url(text: str) -> str:
     t = str(text).strip()
     if not t:

@@ -31,8 +31,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import yaml
-
+from .config import read_yaml_mapping
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -86,19 +85,9 @@ def read_member_identity() -> MemberIdentity | None:
     path, explicit = config_path()
     if not explicit and not os.path.exists(path):
         return None
-    try:
-        with open(path) as fh:
-            conf = yaml.safe_load(fh)
-    except OSError as exc:
-        raise ConfigError(f"{ENV}: cannot read etcd config file {path!r} ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"etcd config file {path} is not valid YAML{where}") from None
-    if conf is None:
-        conf = {}
-    if not isinstance(conf, dict):
-        raise ConfigError(f"etcd config file {path} must be a YAML mapping")
+    conf = read_yaml_mapping(path, unreadable=ENV + ": cannot read etcd config file {path!r} ({reason})",
+                             invalid="etcd config file {path} is not valid YAML{where}",
+                             not_mapping="etcd config file {path} must be a YAML mapping")
     ident = MemberIdentity(path=path)
     ident.name = _text(conf, "name", path)
     ident.name_from = "name"

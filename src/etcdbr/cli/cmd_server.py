@@ -15,8 +15,8 @@ from .types import Choice
 log = logging.getLogger(__name__)
 
 GROUPS = ("etcd", "store", "secondary", "sync", "snapshotter", "compression", "backoff", "restoration", "server")
-# The initializer's restore source. Empty means: auto when a secondary store is configured (the
-# best intact chain, failing over when the primary is down), else the primary.
+# The initializer's restore source. Unset: auto when a secondary store is configured (the best
+# intact chain, failing over when the primary is down), else the primary (apply_server_defaults).
 RESTORE_FROM = Opt(
     "restore-from", "restoration.restore_from", Choice("primary", "secondary", "auto"),
     "Store the initializer restores from: primary, secondary or auto [default: auto with a secondary store, "

@@ -18,10 +18,9 @@ from datetime import timedelta
 from typing import Any, Callable
 
 import click
-import yaml
 from click.core import ParameterSource
 
-from ..config import Config, format_duration
+from ..config import Config, format_duration, read_yaml_mapping
 from ..errors import ConfigError
 from .flags import COMPAT_IGNORED, GROUPS, TITLES, Opt
 
@@ -108,19 +107,9 @@ def read_config_file(path: str) -> dict[str, Any]:
 
     The one place that knows the file's format (a YAML mapping of flag names to values): another
     format, such as the Go tool's nested one, is read here and handed on as flag names."""
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
-    except OSError as exc:
-        raise ConfigError(f"--config-file: cannot read {path!r} ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"--config-file: {path!r} is not valid YAML{where}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config-file: {path!r} must be a mapping of flag names to values")
+    data = read_yaml_mapping(path, unreadable="--config-file: cannot read {path!r} ({reason})",
+                             invalid="--config-file: {path!r} is not valid YAML{where}",
+                             not_mapping="--config-file: {path!r} must be a mapping of flag names to values")
     return {str(k).lstrip("-"): v for k, v in data.items()}
 
 
@@ -147,9 +136,11 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
     defaults = dict(ctx.default_map or {})
     for key, value in values.items():
         option = by_key.get(key)
+        if value is None:  # a key without a value leaves the flag unset
+            continue
         if option is None:
             state["compat"][key] = value
-        elif value is not None and (option.name not in state["keys"] or key == option.spec.name):
+        elif option.name not in state["keys"] or key == option.spec.name:
             defaults[option.name] = value  # the flag's own name wins over an alias
             state["keys"][option.name] = key
     ctx.default_map = defaults

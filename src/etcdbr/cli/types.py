@@ -10,7 +10,7 @@ and where the value came from. The syntaxes themselves live in :mod:`etcdbr.conf
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -23,6 +23,14 @@ from ..config import (
     parse_int,
     parse_url,
 )
+
+
+def _read(param_type: click.ParamType, parse: Callable[[str], Any], value: Any, param, ctx) -> Any:
+    """``parse(value)``; its ValueError (what was expected) becomes click's failure."""
+    try:
+        return parse(str(value))
+    except ValueError as exc:
+        param_type.fail(str(exc), param, ctx)
 
 
 class Text(click.ParamType):
@@ -43,22 +51,42 @@ class Bool(click.types.BoolParamType):
     ``--flag`` means true (the option's flag value)."""
 
     def convert(self, value: Any, param, ctx) -> bool:
-        if isinstance(value, bool):
-            return value
-        try:
-            return parse_bool(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+        return value if isinstance(value, bool) else _read(self, parse_bool, value, param, ctx)
 
     def get_metavar(self, param, ctx) -> str:
         return "[true|false]"
 
 
-class Duration(click.ParamType):
+class Syntax(click.ParamType):
+    """Text read by one of :mod:`etcdbr.config`'s syntax functions (``parse``), whose
+    :class:`ValueError` says what was expected."""
+
+    parse: Callable[[str], Any]
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        return _read(self, type(self).parse, value, param, ctx)
+
+
+class Cron(Syntax):
+    """A standard 5-field cron expression, validated and kept as text."""
+
+    name = "cron"
+    parse = staticmethod(parse_cron)
+
+
+class Url(Syntax):
+    """A URL with a scheme and a host; empty means unset."""
+
+    name = "url"
+    parse = staticmethod(parse_url)
+
+
+class Duration(Syntax):
     """Go's ``time.ParseDuration`` syntax (``300ms``, ``1h30m``, ``0``) as a :class:`timedelta`,
     optionally bounded below (``minimum``, exclusive unless ``inclusive``)."""
 
     name = "duration"
+    parse = staticmethod(parse_duration)
 
     def __init__(self, minimum: timedelta | None = None, *, inclusive: bool = False, expect: str = "") -> None:
         self.minimum = minimum
@@ -68,13 +96,7 @@ class Duration(click.ParamType):
                                  else "")
 
     def convert(self, value: Any, param, ctx) -> timedelta:
-        if isinstance(value, timedelta):
-            d = value
-        else:
-            try:
-                d = parse_duration(str(value))
-            except ValueError as exc:
-                self.fail(str(exc), param, ctx)
+        d = value if isinstance(value, timedelta) else super().convert(value, param, ctx)
         if self.minimum is not None and (d < self.minimum or (d == self.minimum and not self.inclusive)):
             self.fail(self.expect, param, ctx)
         return d
@@ -82,30 +104,6 @@ class Duration(click.ParamType):
 
 def _seconds(d: timedelta | None) -> str:
     return "0" if not d else f"{d.total_seconds():g}s"
-
-
-class Cron(click.ParamType):
-    """A standard 5-field cron expression, validated and kept as text."""
-
-    name = "cron"
-
-    def convert(self, value: Any, param, ctx) -> str:
-        try:
-            return parse_cron(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class Url(click.ParamType):
-    """A URL with a scheme and a host; empty means unset."""
-
-    name = "url"
-
-    def convert(self, value: Any, param, ctx) -> str:
-        try:
-            return parse_url(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 class Integer(click.IntRange):
@@ -119,13 +117,8 @@ class Integer(click.IntRange):
         self.expect = expect
 
     def convert(self, value: Any, param, ctx) -> int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        else:
-            try:
-                number = parse_int(str(value))
-            except ValueError as exc:
-                self.fail(str(exc), param, ctx)
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        number = value if integer else _read(self, parse_int, value, param, ctx)
         if (self.min is not None and number < self.min) or (self.max is not None and number > self.max):
             self.fail(self.expect, param, ctx)
         return number
