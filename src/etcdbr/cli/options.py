@@ -150,7 +150,7 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
 def _config_file_option(fn: Callable) -> Callable:
     return click.option("--config-file", "config_file", default=None, metavar="PATH", is_eager=True,
                         callback=_load_config_file,
-                        help="YAML file of flag values keyed by flag name (flags and environment win).")(fn)
+                        help="YAML file of flag values keyed by flag name or alias (flags and environment win).")(fn)
 
 
 def add_options(*groups: str, extra: list[Opt] | None = None) -> Callable:
