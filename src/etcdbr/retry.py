@@ -191,11 +191,16 @@ async def aretry_call(policy: Policy, fn: Callable[[], Awaitable[T]], *,
         elif await wait_unless_stopped(stop, seconds):
             raise _Stopped
 
+    async def attempt() -> T:
+        # tenacity awaits only what a coroutine function returns; ``fn`` may be any callable
+        # that returns an awaitable (a lambda, a bound method's call).
+        return await fn()
+
     retrying = AsyncRetrying(stop=_stopper(policy), wait=_waiter(policy, wait),
                              retry=retry_if_exception(retry_on), sleep=pause, before_sleep=attempts.before_sleep,
                              reraise=True)
     try:
-        return await retrying(fn)
+        return await retrying(attempt)
     except _Stopped:
         if on_stop is not None:
             return on_stop(attempts.stopped())

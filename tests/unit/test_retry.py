@@ -216,3 +216,16 @@ def test_wait_unless_stopped_with_a_wake_event():
         assert await wait_unless_stopped(stop, 60.0, wake=wake) is True  # a stop wins over a wake
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+
+
+def test_async_retries_take_any_callable_that_returns_an_awaitable():
+    async def scenario():
+        fn = Flaky(unavailable(), value="done")
+
+        async def once():
+            return fn()
+
+        assert await aretry_call(Policy(2, 0.0), lambda: once()) == "done"
+        assert fn.calls == 2
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))
