@@ -160,7 +160,9 @@ class BackupRunner:
             for task in self.tasks:
                 if task is self._raised or not task.done() or task.cancelled() or task.exception() is None:
                     continue
-                log.error("backup task failed", extra={"task": task.get_name(), "error": _error_text(task.exception())})
+                exc = task.exception()
+                log.error("backup task failed", extra={"task": task.get_name(),
+                                                       "error": redact(f"{type(exc).__name__}: {exc}")})
         if self.copier is not None:
             left = self.config.sync.shutdown_grace.total_seconds() if deadline is None else deadline - time.monotonic()
             await self.copier.stop(max(0.0, left))
