@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 from . import metrics
 from .config import SnapshotterConfig, format_duration
 from .errors import ImmutableObject, ObjectNotFound, StoreError
+from .retry import wait_unless_stopped
 from .snapshot import Kind, Snapshot, sort_key
 
 log = logging.getLogger(__name__)
@@ -356,12 +357,7 @@ class GarbageCollector:
             return
         log.info("GC: starting garbage collector",
                  extra={"store": store_name, "policy": self.config.garbage_collection_policy, "period": format_duration(period)})
-        while True:
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=period.total_seconds())
-                break
-            except asyncio.TimeoutError:
-                pass
+        while not await wait_unless_stopped(stop, period.total_seconds()):
             try:
                 await asyncio.to_thread(self.collect_once)
             except StoreError as exc:

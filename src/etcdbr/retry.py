@@ -15,6 +15,12 @@ bounded, documented number of requests (``docs/dual-endpoint.md``, "Timeouts and
    ``--backup-sync-retry-backoff``) and the snapshotter at start (``--backoff-*``), built with
    :meth:`Policy.from_flags`.
 
+Loops that keep going until they are stopped use a policy of :data:`UNLIMITED` attempts for their
+pauses only: the server restarting a snapshotter that gave up, the snapshotter's watch reconnecting,
+and the snapshotter's loop, which is a schedule ("no delta before this time") rather than a call to
+repeat and so asks :meth:`Policy.wait` for its pauses. Membership changes during ``initialize`` are
+bounded by time (``within``) rather than by a count.
+
 Only failures that a retry can change are retried: :func:`is_transient` says which (a store that
 is unavailable, an etcd that cannot be reached); a missing object, refused credentials or a hash
 mismatch are facts about the request.
@@ -23,12 +29,20 @@ mismatch are facts about the request.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+)
 
 from .errors import EtcdError, StoreUnavailable
 
@@ -38,21 +52,29 @@ T = TypeVar("T")
 SDK_ATTEMPTS = 2
 #: Longest pause of an SDK between its tries, seconds.
 SDK_RETRY_WAIT = 1.0
+#: ``Policy.attempts`` of a loop that goes on until it is stopped.
+UNLIMITED = sys.maxsize
 
 
 @dataclass(frozen=True)
 class Policy:
     """``attempts`` tries in all (the first included); before try ``n + 2`` a pause of
-    ``first_wait * multiplier ** n`` seconds, at most ``max_wait``."""
+    ``first_wait * multiplier ** n`` seconds, at most ``max_wait``. ``within``: no try starts
+    once that many seconds passed since the first one (None: no time bound)."""
 
     attempts: int
     first_wait: float
     multiplier: float = 2.0
     max_wait: float = float("inf")
+    within: float | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError("a retry policy makes at least one attempt")
+
+    @property
+    def unlimited(self) -> bool:
+        return self.attempts >= UNLIMITED
 
     @classmethod
     def from_flags(cls, retries: int, first_wait: float, multiplier: float = 2.0,
@@ -65,7 +87,9 @@ class Policy:
         return min(self.max_wait, self.first_wait * self.multiplier ** retry)
 
     def waits(self) -> list[float]:
-        """Every pause a fully failing operation takes, in order."""
+        """Every pause a fully failing operation takes, in order (a bounded policy only)."""
+        if self.unlimited:
+            raise ValueError("an unlimited policy has no last pause")
         return [self.wait(n) for n in range(self.attempts - 1)]
 
     def worst_case(self, per_attempt: float) -> float:
@@ -82,8 +106,20 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (StoreUnavailable, EtcdError))
 
 
-def _waiter(policy: Policy) -> Callable[[RetryCallState], float]:
-    return lambda state: policy.wait(state.attempt_number - 1)
+def any_failure(exc: BaseException) -> bool:
+    """For loops that try again whatever failed (the snapshotter's startup, its restarts); a
+    cancellation is no failure."""
+    return isinstance(exc, Exception)
+
+
+def _waiter(policy: Policy, wait: Callable[[int], float] | None) -> Callable[[RetryCallState], float]:
+    pause = wait or policy.wait
+    return lambda state: pause(state.attempt_number - 1)
+
+
+def _stopper(policy: Policy):
+    stop = stop_after_attempt(policy.attempts)
+    return stop if policy.within is None else stop | stop_after_delay(policy.within)
 
 
 class _Stopped(Exception):
@@ -110,12 +146,16 @@ class _Attempts:
 
 def retry_call(policy: Policy, fn: Callable[[], T], *, retry_on: Callable[[BaseException], bool] = is_transient,
                stop: threading.Event | None = None,
-               on_retry: Callable[[int, BaseException, float], None] | None = None) -> T:
+               on_retry: Callable[[int, BaseException, float], None] | None = None,
+               on_stop: Callable[[BaseException], T] | None = None,
+               wait: Callable[[int], float] | None = None) -> T:
     """``fn()`` tried as ``policy`` says while ``retry_on(error)`` holds; the last error is raised.
 
     ``stop`` (set from another thread) ends a pause at once and raises the last error: a process
-    that stops does not wait out a backoff, nor start another attempt. ``on_retry(attempt, error,
-    pause)`` is told of each retry before its pause (for a log line)."""
+    that stops does not wait out a backoff, nor start another attempt; with ``on_stop``, the call
+    returns ``on_stop(last error)`` instead. ``on_retry(attempt, error, pause)`` is told of each
+    retry before its pause (for a log line). ``wait(n)`` replaces ``policy.wait(n)`` for callers
+    whose pauses depend on their state (the copier's are short while it drains)."""
     attempts = _Attempts(on_retry)
 
     def pause(seconds: float) -> None:
@@ -124,19 +164,23 @@ def retry_call(policy: Policy, fn: Callable[[], T], *, retry_on: Callable[[BaseE
         elif stop.wait(seconds):
             raise _Stopped
 
-    retrying = Retrying(stop=stop_after_attempt(policy.attempts), wait=_waiter(policy),
+    retrying = Retrying(stop=_stopper(policy), wait=_waiter(policy, wait),
                         retry=retry_if_exception(retry_on), sleep=pause, before_sleep=attempts.before_sleep,
                         reraise=True)
     try:
         return retrying(fn)
     except _Stopped:
+        if on_stop is not None:
+            return on_stop(attempts.stopped())
         raise attempts.stopped() from None
 
 
 async def aretry_call(policy: Policy, fn: Callable[[], Awaitable[T]], *,
                       retry_on: Callable[[BaseException], bool] = is_transient,
                       stop: asyncio.Event | None = None,
-                      on_retry: Callable[[int, BaseException, float], None] | None = None) -> T:
+                      on_retry: Callable[[int, BaseException, float], None] | None = None,
+                      on_stop: Callable[[BaseException], T] | None = None,
+                      wait: Callable[[int], float] | None = None) -> T:
     """:func:`retry_call` for coroutines: ``fn`` returns a fresh awaitable for every try, and
     ``stop`` is an :class:`asyncio.Event` of the running loop."""
     attempts = _Attempts(on_retry)
@@ -147,25 +191,45 @@ async def aretry_call(policy: Policy, fn: Callable[[], Awaitable[T]], *,
         elif await wait_unless_stopped(stop, seconds):
             raise _Stopped
 
-    retrying = AsyncRetrying(stop=stop_after_attempt(policy.attempts), wait=_waiter(policy),
+    async def attempt() -> T:
+        # tenacity awaits only what a coroutine function returns; ``fn`` may be any callable
+        # that returns an awaitable (a lambda, a bound method's call).
+        return await fn()
+
+    retrying = AsyncRetrying(stop=_stopper(policy), wait=_waiter(policy, wait),
                              retry=retry_if_exception(retry_on), sleep=pause, before_sleep=attempts.before_sleep,
                              reraise=True)
     try:
-        return await retrying(fn)
+        return await retrying(attempt)
     except _Stopped:
+        if on_stop is not None:
+            return on_stop(attempts.stopped())
         raise attempts.stopped() from None
 
 
-async def wait_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
-    """Pause up to ``seconds``; True as soon as ``stop`` is set (at once if it already is)."""
+async def wait_unless_stopped(stop: asyncio.Event, seconds: float, *, wake: asyncio.Event | None = None) -> bool:
+    """Pause up to ``seconds``; True as soon as ``stop`` is set (at once if it already is).
+
+    ``wake`` also ends the pause, early and without stopping (False, unless ``stop`` is set too):
+    a loop that sleeps until its next deadline or until something asks it to look again."""
     if stop.is_set():
         return True
+    if wake is None:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
+        except asyncio.TimeoutError:
+            return stop.is_set()
+        return True
+    if wake.is_set():
+        return False
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
     try:
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
-    except asyncio.TimeoutError:
-        return stop.is_set()
-    return True
+        await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return stop.is_set()
 
 
-__all__ = ["Policy", "SDK_ATTEMPTS", "SDK_RETRY_WAIT", "STORE_PART", "aretry_call", "is_transient", "retry_call",
-           "wait_unless_stopped"]
+__all__ = ["Policy", "SDK_ATTEMPTS", "SDK_RETRY_WAIT", "STORE_PART", "UNLIMITED", "any_failure", "aretry_call",
+           "is_transient", "retry_call", "wait_unless_stopped"]

@@ -23,13 +23,13 @@ import psutil
 import pytest
 from aetcd import rpc
 
-from etcdbr import etcdclient, fullsnapshot, metrics
+from etcdbr import etcdclient, metrics
 from etcdbr.compression import decompress_bytes, decompressing_reader
 from etcdbr.config import Config, EtcdConnectionConfig, StoreConfig
 from etcdbr.delta import EventType, decode_delta
 from etcdbr.errors import IntegrityError, StoreUnavailable
 from etcdbr.snapshot import latest_chain
-from etcdbr.snapshotter import Snapshotter
+from etcdbr.snapshotter import Snapshotter, fullsnapshot
 from etcdbr.snapstore import open_store
 
 pytestmark = pytest.mark.integration
@@ -316,7 +316,7 @@ def test_fence_falls_back_to_the_earlier_revision_and_the_next_delta_repeats(etc
         await snapper.close()
         return snapper, full, delta
 
-    with caplog.at_level("INFO", logger="etcdbr.fullsnapshot"):
+    with caplog.at_level("INFO", logger="etcdbr.snapshotter"):
         snapper, full, delta = asyncio.run(scenario())
     assert snapper.last_full_exact is False
     assert len(writes) == fullsnapshot.FENCE_ATTEMPTS

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from aetcd import rpc
 
-from etcdbr import fullsnapshot
 from etcdbr.compression import decompress_bytes
 from etcdbr.config import Config, StoreConfig
 from etcdbr.delta import decode_delta
@@ -26,6 +25,7 @@ from etcdbr.snapshotter import (
     backoff_delay,
     full_snapshot_required_at_startup,
     full_snapshot_time_window,
+    fullsnapshot,
 )
 from etcdbr.snapstore.local import LocalStore
 

@@ -36,78 +36,14 @@ def command(ctx: click.Context, **params) -> None:
 def _take_snapshots(config, **_params) -> int:
     import asyncio
 
+    from ..backup import snapshot_until_stopped
+
     store = open_checked_store(config.store)
     try:
-        asyncio.run(_snapshot_forever(config, store))
+        asyncio.run(snapshot_until_stopped(config, store))
     finally:
         store.close()
     return 0
-
-
-async def _snapshot_forever(config, store) -> None:
-    import asyncio
-    import logging
-    import signal
-
-    from ..snapshotter import Snapshotter
-
-    log = logging.getLogger(__name__)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    snapshotter = Snapshotter(store, config)
-    helpers = [asyncio.create_task(_defragment_on_schedule(config, snapshotter, stop), name="defrag")]
-    collector = _garbage_collector(store, config)
-    if collector is not None:
-        helpers.append(asyncio.create_task(collector.run(stop), name="gc"))
-    try:
-        await snapshotter.run(stop, full_at_start=True)
-        log.info("snapshotter stopped")
-    finally:
-        stop.set()
-        await asyncio.gather(*helpers, return_exceptions=True)
-        await snapshotter.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-
-
-def _garbage_collector(store, config):
-    try:
-        from ..gc import GarbageCollector
-    except ImportError:  # pragma: no cover - GC arrives with its own change
-        return None
-    return GarbageCollector(store, config.snapshotter)
-
-
-async def _defragment_on_schedule(config, snapshotter, stop) -> None:
-    """Defragment etcd on ``--defragmentation-schedule`` and follow each with a full snapshot
-    (a defragmented db is the cheapest full snapshot there is, and the Go tool does the same)."""
-    import asyncio
-    import logging
-    import time
-    from datetime import datetime, timezone
-
-    from croniter import croniter
-
-    from .. import etcdclient
-
-    log = logging.getLogger(__name__)
-    schedule = config.snapshotter.defragmentation_schedule
-    while not stop.is_set():
-        now = datetime.fromtimestamp(time.time(), tz=timezone.utc).astimezone()
-        due = croniter(schedule, now).get_next(datetime)
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=max(0.0, (due - now).total_seconds()))
-            return
-        except asyncio.TimeoutError:
-            pass
-        try:
-            done = await etcdclient.defragment_members(config.etcd)
-            log.info("defragmented etcd; taking a full snapshot", extra={"endpoints": ",".join(done)})
-            await snapshotter.take_full_snapshot()
-        except Exception as exc:  # noqa: BLE001 - the next schedule tries again
-            log.error("scheduled defragmentation failed", extra={"error": str(exc)})
 
 
 def _human_size(n: int | None) -> str:

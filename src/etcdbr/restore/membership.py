@@ -51,6 +51,7 @@ from aetcd import rpc
 
 from ..config import EtcdConnectionConfig, RestorationConfig
 from ..errors import EtcdbrError, EtcdError, RestoreError
+from ..retry import UNLIMITED, Policy, aretry_call
 from .binaries import EtcdRelease
 from .embedded import _free_ports, _tail
 
@@ -60,6 +61,8 @@ PROBE_TIMEOUT = 3.0
 CALL_TIMEOUT = 15.0
 STOP_GRACE = 30.0
 CHANGE_TIMEOUT = 60.0
+# A membership change etcd refuses for now is asked again every 0.5s, for CHANGE_TIMEOUT seconds.
+CHANGE_RETRY = Policy(attempts=UNLIMITED, first_wait=0.5, multiplier=1.0, within=CHANGE_TIMEOUT)
 TRANSIENT = ("unhealthy cluster", "UNAVAILABLE", "DEADLINE_EXCEEDED", "leader changed")
 MEMBER_NOT_FOUND = "member not found"
 # A learner receives the whole keyspace from the leader before it may be promoted.
@@ -372,15 +375,14 @@ class MemberReplacer:
     async def _retrying(client, what: str, call, transient: Sequence[str] = TRANSIENT):
         # etcd refuses membership changes ("unhealthy cluster") until the member asked has been
         # connected to every voting peer for 5s, e.g. just after one of them (re)started.
-        deadline = time.monotonic() + CHANGE_TIMEOUT
-        while True:
-            try:
-                return await _call(client, what, call)
-            except EtcdError as exc:
-                if not any(t in str(exc) for t in transient) or time.monotonic() >= deadline:
-                    raise
-                log.debug("membership change refused for now; retrying", extra={"what": what, "error": str(exc)})
-            await asyncio.sleep(0.5)
+        def refused_for_now(exc: BaseException) -> bool:
+            return isinstance(exc, EtcdError) and any(t in str(exc) for t in transient)
+
+        def retrying(attempt: int, exc: BaseException, pause: float) -> None:
+            log.debug("membership change refused for now; retrying", extra={"what": what, "error": str(exc)})
+
+        return await aretry_call(CHANGE_RETRY, lambda: _call(client, what, call), retry_on=refused_for_now,
+                                 on_retry=retrying)
 
     def _initial_cluster(self, added) -> str:
         # As `etcdctl member add` prints it: members that never started have no name yet.

@@ -8,13 +8,14 @@ Order of events (compatibility.md §4.1):
    secondary means single-endpoint mode. Without ``--storage-provider`` there are no stores and
    no snapshotter, and health follows etcd's reachability.
 3. Every ``--reelection-period`` the sidecar asks its own member (``--endpoints[0]``) for its
-   status. While that member is the Raft leader, this sidecar runs a :class:`LeaderTerm`: the
-   snapshotter, garbage collection, the defragmentation schedule and, with backup sync, the
-   copier and garbage collection of the secondary. Followers only serve the API.
+   status. While that member is the Raft leader, this sidecar runs a term: a
+   :class:`~etcdbr.backup.BackupRunner` (the snapshotter, garbage collection, the defragmentation
+   schedule and, with backup sync, the copier and garbage collection of the secondary), built anew
+   for every term. Followers only serve the API.
 4. SIGTERM/SIGINT, or the loss of leadership: the term ends within ``--backup-sync-shutdown-grace``.
    The snapshotter uploads the events it buffered as a last (``.final``) delta, and the copier
    copies it and whatever else is queued or in flight to the secondary before it stops (see
-   ``BackupCopier.stop``); on SIGTERM the API then closes, exit code 0.
+   ``BackupRunner.close``); on SIGTERM the API then closes, exit code 0.
 
 Health (``/healthz``): 200 when etcd is reachable and has a leader and either this sidecar
 follows, or it leads and the startup snapshot is done (or there is no storage provider); 503
@@ -28,19 +29,17 @@ import logging
 import os
 import signal
 import time
-from datetime import datetime
 from typing import Awaitable, Callable
 
 from aiohttp import web
-from croniter import croniter
 
 from .. import etcdclient
+from ..backup import BackupRunner
 from ..config import Config
 from ..copier import BackupCopier, build_stores
 from ..errors import ConfigError, EtcdbrError, EtcdError
-from ..gc import GarbageCollector
 from ..logs import redact
-from ..snapshotter import Snapshotter, backoff_delay
+from ..snapshotter import Snapshotter
 from . import api
 from .initialization import Initialization
 from .leader import LeaderElector, Role
@@ -55,113 +54,6 @@ SERVER_GROUPS = ("etcd", "store", "secondary", "sync", "snapshotter", "compressi
 ELECTION_TIMEOUT = 5.0
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to ``seconds``; True when ``stop`` was set meanwhile."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
-        return True
-    except asyncio.TimeoutError:
-        return stop.is_set()
-
-
-class LeaderTerm:
-    """Everything that runs while this sidecar is the backup leader; built anew for every term."""
-
-    def __init__(self, server: "BackupServer") -> None:
-        self.server = server
-        self.stop = asyncio.Event()
-        self.tasks: list[asyncio.Task] = []
-        self.snapshotter: Snapshotter | None = None
-        self.copier: BackupCopier | None = None
-
-    async def start(self) -> None:
-        server, config = self.server, self.server.config
-        if server.primary is not None:
-            self.snapshotter = Snapshotter(server.primary, config, clock=server.clock)
-            self._spawn(self._run_snapshotter(), "snapshotter")
-            self._spawn(GarbageCollector(server.primary, config.snapshotter, server.clock).run(self.stop), "gc")
-            if server.secondary is not None:
-                self.copier = BackupCopier(server.primary, server.secondary, config.sync)
-                self.snapshotter.add_listener(self.copier.notify)
-                await self.copier.start()
-                # The Go tool's secondary GC: the same policy, independent of the primary's.
-                self._spawn(GarbageCollector(server.secondary, config.snapshotter, server.clock).run(self.stop),
-                            "secondary-gc")
-        self._spawn(self._defragment_on_schedule(), "defragmentation")
-
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
-        self.tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
-
-    async def _run_snapshotter(self) -> None:
-        """Run the snapshotter; when it gives up (etcd or store down for the whole startup
-        backoff), start it again after a pause, as the Go server's probe loop does."""
-        assert self.snapshotter is not None
-        sconfig = self.server.config.snapshotter
-        failures = 0
-        try:
-            while not self.stop.is_set():
-                try:
-                    await self.snapshotter.run(self.stop)
-                    failures = 0
-                except Exception as exc:  # noqa: BLE001 - a leader must keep trying to back up
-                    delay = backoff_delay(failures, sconfig.backoff_multiplier,
-                                          sconfig.backoff_threshold_time.total_seconds())
-                    failures += 1
-                    error = str(exc) if isinstance(exc, EtcdbrError) else f"{type(exc).__name__}: {exc}"
-                    log.error("snapshotter stopped after repeated failures; restarting it",
-                              extra={"error": redact(error), "retry_in_seconds": delay})
-                    await _wait(self.stop, delay)
-        finally:
-            await self.snapshotter.close()
-
-    async def _defragment_on_schedule(self) -> None:
-        schedule = self.server.config.snapshotter.defragmentation_schedule
-        while not self.stop.is_set():
-            # Cron in local time, like the full-snapshot schedule.
-            now = datetime.now().astimezone()
-            due = croniter(schedule, now).get_next(datetime)
-            if await _wait(self.stop, (due - now).total_seconds()):
-                return
-            try:
-                endpoints = await self.server.cluster_endpoints()
-                log.info("starting scheduled defragmentation", extra={"members": len(endpoints)})
-                done = await etcdclient.defragment_members(self.server.config.etcd, endpoints)
-                log.info("defragmentation done", extra={"members": len(done)})
-            except EtcdbrError as exc:
-                log.warning("scheduled defragmentation failed", extra={"error": redact(str(exc))})
-                continue
-            # A defragmented member's snapshot is smaller; restores start from it.
-            if self.snapshotter is not None and self.snapshotter.active and not self.stop.is_set():
-                try:
-                    await self.snapshotter.take_full_snapshot()
-                except EtcdbrError as exc:
-                    log.warning("full snapshot after defragmentation failed", extra={"error": redact(str(exc))})
-
-    async def close(self, grace: float) -> None:
-        """End the term within ``grace`` seconds. The copier drains from the start (no new sync
-        runs, but it keeps copying and still takes what the snapshotter uploads) while the
-        snapshotter uploads its buffered events as the final delta; then the copier gets what is
-        left of ``grace`` to copy and verify the rest, and aborts what it could not."""
-        deadline = time.monotonic() + grace
-        self.stop.set()
-        if self.copier is not None:
-            self.copier.begin_drain()
-        if self.tasks:
-            _, pending = await asyncio.wait(self.tasks, timeout=max(grace, 1.0))
-            for task in pending:
-                log.warning("task did not stop in time; cancelling it", extra={"task": task.get_name()})
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5.0)
-            for task in self.tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    exc = task.exception()
-                    log.error("leader task failed", extra={"task": task.get_name(),
-                                                           "error": redact(f"{type(exc).__name__}: {exc}")})
-        if self.copier is not None:
-            await self.copier.stop(max(0.0, deadline - time.monotonic()))
-
-
 class BackupServer:
     """One ``server`` process. ``run()`` returns the exit code."""
 
@@ -173,7 +65,7 @@ class BackupServer:
         self.sync_configured = bool(config.sync.enabled and config.secondary_configured and self.has_provider)
         self.primary = None
         self.secondary = None
-        self.term: LeaderTerm | None = None
+        self.term: BackupRunner | None = None   # while leading
         self.stopping = False
         self._stop: asyncio.Event | None = None
         self._client = None
@@ -273,7 +165,8 @@ class BackupServer:
 
     # -- leadership ----------------------------------------------------------------------------
     async def _start_term(self) -> None:
-        term = LeaderTerm(self)
+        term = BackupRunner(self.config, self.primary, self.secondary, clock=self.clock,
+                            member_endpoints=self.cluster_endpoints)
         self.term = term
         try:
             await term.start()
@@ -368,4 +261,4 @@ def run_server(config: Config) -> int:
     return asyncio.run(BackupServer(config).run())
 
 
-__all__ = ["BackupServer", "LeaderTerm", "SERVER_GROUPS", "run_server"]
+__all__ = ["BackupServer", "SERVER_GROUPS", "run_server"]

@@ -15,6 +15,7 @@ from typing import Awaitable, Callable
 
 from .. import metrics
 from ..errors import EtcdbrError
+from ..retry import wait_unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,6 @@ class LeaderElector:
         try:
             while not stop.is_set():
                 await self.step()
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=self.period)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_unless_stopped(stop, self.period)
         finally:
             metrics.is_leader.set(0)

@@ -17,10 +17,10 @@ import queue
 from dataclasses import dataclass
 from typing import AsyncIterator, BinaryIO, Callable
 
-from . import etcdclient
-from .errors import EtcdError, IntegrityError
+from .. import etcdclient
+from ..errors import EtcdError, IntegrityError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("etcdbr.snapshotter")
 
 HASH_SIZE = 32
 # etcd's db is a whole number of pages; with the trailer appended, size % 512 is exactly 32.

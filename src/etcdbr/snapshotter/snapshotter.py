@@ -1,17 +1,7 @@
-"""The snapshotter: full snapshots on a cron schedule, delta snapshots from a watch in between.
+"""The Snapshotter: the startup decision, then cron full snapshots and periodic deltas.
 
-Promises (what restore and the copier rely on):
-
-* Every delta starts at the previous snapshot's last revision + 1 and ends at the mod revision of
-  its last event; the events it holds are exactly that range, each revision whole (deltas are cut
-  only between watch responses, and etcd never splits a revision across responses).
-* A full snapshot is named after the revision it holds (see ``fullsnapshot.open_fenced_snapshot``
-  for how that is known, and the one case where it is a lower bound).
-* Events that arrive while a delta uploads go into a fresh buffer; a failed delta upload keeps its
-  payload and is retried first next time, so nothing is lost while the process lives.
-* A watch that breaks (etcd restart, leader change) resumes at the revision after the last one
-  buffered; a watch that cannot resume (history compacted) leads to a full snapshot.
-* Listeners (the copier) hear of each snapshot after its upload succeeded.
+The promises it keeps are the package's docstring. The rules of when are in ``schedule``, the
+watch and its event buffer in ``collector``, the full snapshot's stream in ``fullsnapshot``.
 """
 
 from __future__ import annotations
@@ -21,83 +11,28 @@ import inspect
 import io
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-from croniter import croniter
+from .. import etcdclient, metrics
+from ..compression import compressing_reader, suffix_for
+from ..config import Config
+from ..errors import EtcdbrError
+from ..retry import aretry_call, any_failure, wait_unless_stopped
+from ..snapshot import Kind, Snapshot, latest_chain, new_snapshot
+from . import fullsnapshot
+from .collector import DeltaCollector
+from .listeners import Listeners
+from .schedule import backoff_policy, full_snapshot_required_at_startup, next_run
 
-from . import etcdclient, fullsnapshot, metrics
-from .config import Config
-from .errors import EtcdbrError
-from .snapshot import Kind, Snapshot, latest_chain, new_snapshot
-
-log = logging.getLogger(__name__)
+log = logging.getLogger("etcdbr.snapshotter")
 
 FULL, INCR = Kind.FULL.value, Kind.INCR.value
-WATCH_RETRY_MIN = 0.2
-WATCH_RETRY_MAX = 5.0
 # Sealed deltas waiting for a store that keeps failing: past this many times the memory limit a
 # full snapshot replaces them rather than letting memory grow.
 PENDING_LIMIT_FACTOR = 4
 # How long the startup delta waits for the watch to catch up with etcd's current revision.
 CATCH_UP_TIMEOUT = 60.0
-
-
-# -- schedule rules (pure) ------------------------------------------------------------------------
-def full_snapshot_time_window(schedule: str) -> float:
-    """Hours a full snapshot may be old before startup takes a new one (the Go tool's rule):
-    a week for weekly schedules, N for ``*/N`` hourly ones, else a day."""
-    fields = schedule.split()
-    if len(fields) != 5:
-        return 24.0
-    _minute, hour, dom, _month, dow = fields
-    if dow != "*":
-        return 24.0 * 7
-    if dom == "*" and hour.startswith("*/"):
-        try:
-            return float(int(hour[2:]))
-        except ValueError:
-            return 24.0
-    return 24.0
-
-
-def _next_run(schedule: str, after: datetime) -> datetime:
-    # Cron is read in local time, as the Go tool's cron library does.
-    return croniter(schedule, after.astimezone()).get_next(datetime)
-
-
-def full_snapshot_required_at_startup(prev_full: Snapshot | None, schedule: str, now: datetime,
-                                      last_full_failed: bool = False) -> bool:
-    """Whether startup takes a full snapshot rather than a delta.
-
-    Yes without a previous full, after a final one, after a failed one, when the previous one is
-    older than the time window, or when a scheduled full was missed and waiting for the next
-    scheduled one would let the latest full grow older than the window.
-    """
-    if prev_full is None or prev_full.is_final or last_full_failed:
-        return True
-    window = full_snapshot_time_window(schedule)
-    age_hours = (now - prev_full.created_on).total_seconds() / 3600
-    if age_hours > window:
-        return True
-    if _next_run(schedule, prev_full.created_on) > now:
-        return False
-    wait_hours = (_next_run(schedule, now) - now).total_seconds() / 3600
-    return age_hours + wait_hours > window
-
-
-def backoff_delay(attempt: int, multiplier: float, threshold: float) -> float:
-    """Seconds before retry ``attempt`` (0-based): 1, m, m^2 ... capped at ``threshold``."""
-    return min(threshold, float(multiplier) ** attempt)
-
-
-@dataclass
-class _SealedDelta:
-    start: int
-    last: int
-    payload: bytes
-    events: int
 
 
 def _kind(snap: Snapshot) -> str:
@@ -113,8 +48,6 @@ class Snapshotter:
 
     def __init__(self, store, config: Config, client_factory: Callable[[], Any] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        from .compression import suffix_for
-
         self.store = store
         self.config = config
         self.sconfig = config.snapshotter
@@ -123,8 +56,7 @@ class Snapshotter:
         self._client = None
         self._bound_loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
-        self._listeners: list[Callable[[Snapshot], Any]] = []
-        self._listener_tasks: set[asyncio.Task] = set()
+        self._listeners = Listeners()
         self.compression = self.sconfig.compression
         self.compression_suffix = suffix_for(self.compression)
         self.memory_limit = self.sconfig.delta_snapshot_memory_limit or 10 * 1024 * 1024
@@ -133,11 +65,8 @@ class Snapshotter:
         self._prev_full: Snapshot | None = None
         self._deltas: list[Snapshot] = []
         self._loaded = False
-        self._encoder = self._new_encoder()
-        self._pending: list[_SealedDelta] = []
-        self._next_rev: int | None = None
-        self._watch_task: asyncio.Task | None = None
-        self._watching = False
+        self._collector = DeltaCollector(clock)
+        self._watching = False                     # the loop wants the watch to run
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Event()
         self._full_required_reason = ""
@@ -162,12 +91,17 @@ class Snapshotter:
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Event()
         self._client = None
-        self._watch_task = None
+        self._collector.forget_watch()
+
+    @property
+    def _backoff(self):
+        """The ``--backoff-*`` flags: startup's retries, and the loop's pauses after failures."""
+        return backoff_policy(self.sconfig)
 
     # -- public API ------------------------------------------------------------------------
     def add_listener(self, fn: Callable[[Snapshot], Any]) -> None:
         """``fn(snapshot)`` is called after each successful upload; it must not block for long."""
-        self._listeners.append(fn)
+        self._listeners.add(fn)
 
     def latest(self) -> tuple[Snapshot | None, list[Snapshot]]:
         return self._prev_full, list(self._deltas)
@@ -175,16 +109,15 @@ class Snapshotter:
     @property
     def collected_revision(self) -> int | None:
         """The last revision snapshotted or buffered (the watch resumes after it)."""
-        return None if self._next_rev is None else self._next_rev - 1
+        return self._collector.collected_revision
 
     @property
     def buffered_events(self) -> int:
-        return self._encoder.count + sum(p.events for p in self._pending)
+        return self._collector.buffered_events
 
     async def close(self) -> None:
         await self._stop_watch()
-        if self._listener_tasks:
-            await asyncio.wait(list(self._listener_tasks), timeout=5)
+        await self._listeners.wait(timeout=5)
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -228,9 +161,7 @@ class Snapshotter:
             self._full_required_reason = ""
             self._prev = self._prev_full = snap
             self._deltas = []
-            self._pending = []
-            self._encoder = self._new_encoder()
-            self._next_rev = snap.last_revision + 1
+            self._collector.discard(next_rev=snap.last_revision + 1)
             metrics.snapshot_duration.labels(FULL, "true").observe(time.monotonic() - started)
             metrics.snapshot_required.labels(FULL).set(0)
             metrics.snapshot_required.labels(INCR).set(0)
@@ -241,7 +172,7 @@ class Snapshotter:
                 "seconds": round(time.monotonic() - started, 3)})
             if was_watching:
                 self._start_watch()
-            self._notify(snap)
+            self._listeners.notify(snap)
             return snap
 
     async def take_delta_snapshot(self, final: bool = False) -> Snapshot | None:
@@ -265,8 +196,7 @@ class Snapshotter:
         # Another process may have written snapshots since this one last ran (a previous backup
         # leader): start from what the store says, not from memory.
         self._loaded = False
-        self._encoder = self._new_encoder()
-        self._pending = []
+        self._collector.discard()
         self._full_required_reason = ""
         try:
             if self._full_creds_generation is None:  # rotations from now on call for a full snapshot
@@ -321,17 +251,14 @@ class Snapshotter:
         self._watching = True
         self._start_watch()
         deadline = time.monotonic() + CATCH_UP_TIMEOUT
-        while self._next_rev <= revision and not self._full_required_reason:
+        while self._collector.next_rev <= revision and not self._full_required_reason:
             self._progress.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 log.warning("watch did not catch up with etcd in time; uploading what it collected",
-                            extra={"collected_to": self._next_rev - 1, "etcd_revision": revision})
+                            extra={"collected_to": self._collector.collected_revision, "etcd_revision": revision})
                 break
-            try:
-                await asyncio.wait_for(self._progress.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
+            await wait_unless_stopped(self._progress, remaining)
         if self._full_required_reason:
             return False
         snap = await self.take_delta_snapshot()
@@ -341,31 +268,32 @@ class Snapshotter:
         return True
 
     async def _retrying(self, stop: asyncio.Event, fn: Callable[[], Awaitable[Any]], what: str) -> Any:
-        attempts = max(1, self.sconfig.backoff_attempt_limit)
-        threshold = self.sconfig.backoff_threshold_time.total_seconds()
-        for attempt in range(attempts):
+        """``fn()`` with the ``--backoff-*`` retries, whatever fails; None once ``stop`` is set
+        (asked to stop is not a failure)."""
+        async def attempt() -> Any:
             if stop.is_set():
-                return None  # asked to stop: not a failure
+                return None
             try:
                 return await fn()
-            except Exception as exc:  # noqa: BLE001 - whatever failed, startup retries it
+            except Exception as exc:
                 if etcdclient.needs_reconnect(exc):
                     await self._reset_client()
                 if stop.is_set():
                     return None
-                if attempt + 1 >= attempts:
-                    raise
-                delay = backoff_delay(attempt, self.sconfig.backoff_multiplier, threshold)
-                log.warning(f"could not {what}; retrying", extra={
-                    "error": str(exc), "attempt": attempt + 1, "retry_in_seconds": delay})
-                if await _wait_event(stop, delay):
-                    return None
-        return None  # pragma: no cover
+                raise
+
+        def retrying(attempt_number: int, exc: BaseException, pause: float) -> None:
+            log.warning(f"could not {what}; retrying", extra={
+                "error": str(exc), "attempt": attempt_number, "retry_in_seconds": pause})
+
+        return await aretry_call(self._backoff, attempt, retry_on=any_failure, stop=stop, on_retry=retrying,
+                                 on_stop=lambda last: None)
 
     async def _loop(self, stop: asyncio.Event) -> None:
+        """Full and delta snapshots when due. A failed one is due again after the ``--backoff-*``
+        pause for its count of failures in a row (a schedule: "not before" times, never a wait
+        that holds up the other kind)."""
         period = self.sconfig.delta_snapshot_period.total_seconds()
-        multiplier = self.sconfig.backoff_multiplier
-        threshold = self.sconfig.backoff_threshold_time.total_seconds()
         delta_enabled = self.sconfig.delta_enabled
         if delta_enabled and not self._watching:
             self._watching = True
@@ -380,7 +308,7 @@ class Snapshotter:
 
         def delta_due(now: float) -> bool:
             return delta_enabled and now >= delta_retry_at and (
-                now >= next_delta or self._encoder.size >= self.memory_limit)
+                now >= next_delta or self._collector.size >= self.memory_limit)
 
         while not stop.is_set():
             now = self._clock()
@@ -392,7 +320,7 @@ class Snapshotter:
                     next_full = self._next_full_time()
                     next_delta = self._clock() + period
                 except Exception as exc:  # noqa: BLE001 - the loop outlives any one failure
-                    delay = backoff_delay(full_failures, multiplier, threshold)
+                    delay = self._backoff.wait(full_failures)
                     full_failures += 1
                     self._full_required_reason = self._full_required_reason or "previous full snapshot failed"
                     log.warning("will retry the full snapshot", extra={"error": str(exc), "retry_in_seconds": delay})
@@ -405,12 +333,12 @@ class Snapshotter:
                     await self.take_delta_snapshot()
                     delta_failures, delta_retry_at = 0, 0.0
                 except Exception as exc:  # noqa: BLE001
-                    delay = backoff_delay(delta_failures, multiplier, threshold)
+                    delay = self._backoff.wait(delta_failures)
                     delta_failures += 1
                     delta_retry_at = self._clock() + delay
                     log.warning("will retry the delta snapshot; its events are kept", extra={
                         "error": str(exc), "retry_in_seconds": delay})
-                    if sum(len(p.payload) for p in self._pending) > PENDING_LIMIT_FACTOR * self.memory_limit:
+                    if self._collector.pending_bytes > PENDING_LIMIT_FACTOR * self.memory_limit:
                         self._require_full("delta snapshots keep failing")
                 next_delta = self._clock() + period
                 continue
@@ -420,13 +348,13 @@ class Snapshotter:
                 continue  # something became due while the flag was being cleared
             deadlines = [full_retry_at if self._full_required_reason else max(next_full, full_retry_at)]
             if delta_enabled:
-                deadlines.append(max(next_delta, delta_retry_at) if self._encoder.size < self.memory_limit
+                deadlines.append(max(next_delta, delta_retry_at) if self._collector.size < self.memory_limit
                                  else delta_retry_at)
-            await _wait_any(stop, self._wakeup, max(0.0, min(deadlines) - now))
+            await wait_unless_stopped(stop, max(0.0, min(deadlines) - now), wake=self._wakeup)
 
     def _next_full_time(self) -> float:
         now = datetime.fromtimestamp(self._clock(), tz=timezone.utc)
-        return _next_run(self.sconfig.schedule, now).timestamp()
+        return next_run(self.sconfig.schedule, now).timestamp()
 
     async def _credentials_rotated(self) -> bool:
         """Require a full snapshot when the store's credentials were rotated since the last full
@@ -451,8 +379,6 @@ class Snapshotter:
 
     # -- full snapshots ----------------------------------------------------------------------
     async def _upload_full(self, client, final: bool) -> tuple[Snapshot, bool, int, int]:
-        from .compression import compressing_reader
-
         timeout = self.config.etcd.snapshot_timeout.total_seconds()
         fenced = await fullsnapshot.open_fenced_snapshot(client, timeout)
         snap = new_snapshot(Kind.FULL, 0, fenced.revision, prefix=self.store.prefix,
@@ -467,34 +393,19 @@ class Snapshotter:
         return snap, fenced.exact, etcd_bytes, stored
 
     # -- delta snapshots ---------------------------------------------------------------------
-    def _seal(self) -> None:
-        """Move the buffered events into a sealed delta; new events go into a fresh buffer."""
-        encoder = self._encoder
-        if not encoder.count:
-            return
-        self._encoder = self._new_encoder()
-        start = self._pending[-1].last + 1 if self._pending else self._prev.last_revision + 1
-        if encoder.first_revision != start:
-            # Only possible after a full snapshot whose revision was a lower bound (its first
-            # delta repeats events) or after etcd history was rewritten; restore copes with the
-            # first, a full snapshot is the answer to the second.
-            log.info("delta does not begin at its start revision", extra={
-                "start_revision": start, "first_event_revision": encoder.first_revision})
-        self._pending.append(_SealedDelta(start, encoder.last_revision, encoder.finish(), encoder.count))
-
     async def _flush_deltas(self, final: bool = False) -> Snapshot | None:
         await self._ensure_loaded()
         if self._prev is None:
             return None
-        self._seal()
+        self._collector.seal(self._prev.last_revision)
         metrics.snapshot_required.labels(INCR).set(0)
         uploaded = None
-        while self._pending:
-            sealed = self._pending[0]
+        while self._collector.pending:
+            sealed = self._collector.pending[0]
             started = time.monotonic()
             snap = new_snapshot(Kind.INCR, sealed.start, sealed.last, prefix=self.store.prefix,
                                 compression_suffix=self.compression_suffix,
-                                is_final=final and len(self._pending) == 1,
+                                is_final=final and len(self._collector.pending) == 1,
                                 created_on=datetime.fromtimestamp(self._clock(), tz=timezone.utc))
             try:
                 stored = await asyncio.to_thread(self._save_delta, snap, sealed.payload)
@@ -503,7 +414,7 @@ class Snapshotter:
                     self._record_failure(INCR, exc, started)
                 metrics.snapshot_required.labels(INCR).set(1)
                 raise
-            self._pending.pop(0)
+            self._collector.pending.pop(0)
             self._prev = snap
             self._deltas.append(snap)
             metrics.snapshot_duration.labels(INCR, "true").observe(time.monotonic() - started)
@@ -511,110 +422,37 @@ class Snapshotter:
             log.info("delta snapshot uploaded", extra={
                 "snapshot": snap.snap_name, "store": self.store.display, "events": sealed.events,
                 "bytes": len(sealed.payload), "stored_bytes": stored})
-            self._notify(snap)
+            self._listeners.notify(snap)
             uploaded = snap
-        if self._encoder.count:
+        if self._collector.encoder.count:
             metrics.snapshot_required.labels(INCR).set(1)
         return uploaded
 
     def _save_delta(self, snap: Snapshot, payload: bytes) -> int:
-        from .compression import compressing_reader
-
         return self.store.save(snap, compressing_reader(io.BytesIO(payload), self.compression))
-
-    def _new_encoder(self):
-        from .delta import DeltaEncoder
-
-        return DeltaEncoder()
 
     # -- watch -------------------------------------------------------------------------------
     def _start_watch(self) -> None:
-        if self._watch_task is not None and not self._watch_task.done():
-            return
-        if self._next_rev is None:
-            return
-        self._watching = True
-        self._watch_task = asyncio.get_running_loop().create_task(self._watch_loop(), name="snapshotter-watch")
+        if self._collector.start_watch(self._get_client, self._reset_client, self._on_watch_response,
+                                       on_compacted=lambda: self._require_full("watch start revision compacted")):
+            self._watching = True
 
     async def _stop_watch(self) -> None:
-        task, self._watch_task = self._watch_task, None
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            if asyncio.current_task() is not None and asyncio.current_task().cancelling():
-                raise
-        except Exception:  # noqa: BLE001 - the loop logs its own failures
-            pass
-
-    async def _watch_loop(self) -> None:
-        delay = WATCH_RETRY_MIN
-        while True:
-            start = self._next_rev
-            try:
-                client = await self._get_client()
-                async for response in etcdclient.watch_responses(client, start):
-                    delay = WATCH_RETRY_MIN
-                    self._on_watch_response(response)
-            except etcdclient.WatchCompacted as exc:
-                log.warning("cannot watch from the last snapshotted revision (compacted); a full snapshot follows",
-                            extra={"from_revision": exc.start_revision, "compacted_to": exc.compact_revision})
-                self._require_full("watch start revision compacted")
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any break of the stream is resumed
-                log.warning("watch interrupted; resuming", extra={"from_revision": self._next_rev, "error": str(exc),
-                                                                  "retry_in_seconds": delay})
-                metrics.snapshotter_failure.labels("watch").inc()
-                if etcdclient.needs_reconnect(exc):
-                    await self._reset_client()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, WATCH_RETRY_MAX)
+        await self._collector.stop_watch()
 
     def _on_watch_response(self, response) -> None:
-        """Buffer one watch response. Synchronous on purpose: a delta is sealed between two
-        responses, never inside one, so a revision is never split between deltas."""
-        from .delta import Event, EventType, KeyValue
-
-        floor = self._next_rev
-        expected = floor - 1
-        stamp = self._capture_time()
-        added = 0
-        for ev in response.events:
-            kv = ev.kv
-            rev = kv.mod_revision
-            if rev < floor:
-                continue  # already buffered or snapshotted (a resumed watch never repeats, but be sure)
-            if rev not in (expected, expected + 1):
-                # Every revision after 1 carries at least one event on a whole-keyspace watch.
-                log.warning("watch skipped revisions; a full snapshot follows",
-                            extra={"expected_revision": expected + 1, "got_revision": rev})
-                self._require_full("watch skipped revisions")
-            expected = rev
-            self._encoder.add(Event(
-                type=EventType.DELETE if ev.type == 1 else EventType.PUT,
-                kv=KeyValue(key=kv.key, value=kv.value, create_revision=kv.create_revision,
-                            mod_revision=kv.mod_revision, version=kv.version, lease=kv.lease),
-                time=stamp,
-            ))
-            added += 1
+        """Buffer one watch response (the watch task's hand-over). Synchronous on purpose: a delta
+        is sealed between two responses, never inside one, so a revision is never split between deltas."""
+        added, skipped = self._collector.add(response)
+        if skipped:
+            self._require_full("watch skipped revisions")
         if added:
-            self._next_rev = expected + 1
             metrics.snapshot_required.labels(INCR).set(1)
         self._progress.set()
-        if self._encoder.size >= self.memory_limit:
+        if self._collector.size >= self.memory_limit:
             self._wakeup.set()
 
     # -- helpers -----------------------------------------------------------------------------
-    def _capture_time(self) -> str:
-        from .delta import format_go_time
-
-        seconds, nanos = divmod(int(self._clock() * 1e9), 1_000_000_000)
-        return format_go_time(datetime.fromtimestamp(seconds).astimezone(), nanos)
-
     async def _get_client(self):
         if self._client is None:
             client = self._client_factory()
@@ -639,7 +477,7 @@ class Snapshotter:
         self._prev_full, self._deltas = full, list(deltas)
         self._prev = deltas[-1] if deltas else full
         if self._prev is not None:
-            self._next_rev = self._prev.last_revision + 1
+            self._collector.next_rev = self._prev.last_revision + 1
             metrics.snapshot_latest_revision.labels(_kind(self._prev)).set(self._prev.last_revision)
         self._update_chain_metrics()
         self._loaded = True
@@ -664,42 +502,8 @@ class Snapshotter:
         log.error(f"{'full' if kind == FULL else 'delta'} snapshot failed",
                   extra={"store": self.store.display, "error": str(exc)})
 
-    def _notify(self, snap: Snapshot) -> None:
-        for fn in list(self._listeners):
-            try:
-                result = fn(snap)
-                if inspect.isawaitable(result):
-                    task = asyncio.ensure_future(result)
-                    self._listener_tasks.add(task)
-                    task.add_done_callback(self._listener_done)
-            except Exception as exc:  # noqa: BLE001 - a listener never fails a snapshot
-                log.warning("snapshot listener failed", extra={"snapshot": snap.snap_name, "error": str(exc)})
-
-    def _listener_done(self, task: asyncio.Task) -> None:
-        self._listener_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("snapshot listener failed", extra={"error": str(task.exception())})
-
 
 def _error_label(exc: BaseException) -> str:
     """A bounded label for snapshotter_failure: the error class (as GC does), never a message."""
     return type(exc).__name__
 
-
-async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
-    try:
-        await asyncio.wait_for(event.wait(), timeout)
-        return True
-    except asyncio.TimeoutError:
-        return event.is_set()
-
-
-async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
-    if a.is_set() or b.is_set():
-        return
-    tasks = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
