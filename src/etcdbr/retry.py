@@ -38,6 +38,9 @@ T = TypeVar("T")
 SDK_ATTEMPTS = 2
 #: Longest pause of an SDK between its tries, seconds.
 SDK_RETRY_WAIT = 1.0
+#: The pause GCS's and ABS's SDKs are set to (ABS adds a jitter of half of it; botocore's own
+#: backoff stays under :data:`SDK_RETRY_WAIT`).
+SDK_RETRY_PAUSE = 0.5
 
 
 @dataclass(frozen=True)
@@ -167,5 +170,5 @@ async def wait_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-__all__ = ["Policy", "SDK_ATTEMPTS", "SDK_RETRY_WAIT", "STORE_PART", "aretry_call", "is_transient", "retry_call",
+__all__ = ["Policy", "SDK_ATTEMPTS", "SDK_RETRY_PAUSE", "SDK_RETRY_WAIT", "STORE_PART", "aretry_call", "is_transient", "retry_call",
            "wait_unless_stopped"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import functools
 import io
-import json
 import logging
 import os
 import re
@@ -55,9 +54,23 @@ from requests.adapters import HTTPAdapter
 
 from .. import logs
 from ..errors import ConfigError, EtcdbrError, ImmutableObject, ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
-from ..snapshot import Snapshot, parse_listing
-from .base import SDK_ATTEMPTS, ObjectAttrs, SnapStore, TranslatingReader
-from .credentials import Credentials
+from ..retry import SDK_ATTEMPTS, SDK_RETRY_PAUSE
+from ..snapshot import Snapshot
+from .base import ObjectAttrs, SnapStore
+from .credentials import Credentials, read_json_file
+from .objectstore import ObjectStore
+from .providers import (
+    CONTENT_TYPE,
+    EXCLUDE_TAG,
+    GCS,
+    HELD_UNTIL,
+    IMPLEMENTATIONS,
+    LIST_PAGE,
+    STAGING_DIR,
+    first_line,
+    short_reason,
+)
+from .streams import TranslatingReader
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +83,10 @@ EMULATOR_PROJECT = "test"
 #: Client() insists on a project; object calls never use it, so any name avoids an ADC lookup.
 PLACEHOLDER_PROJECT = "etcd-backup-restore"
 
-STAGING_DIR = ".etcdbr-staging"
 #: Staging objects untouched for this long belong to an upload that died with its process.
 STALE_STAGING = timedelta(hours=24)
 COMPOSE_LIMIT = 32
-EXCLUDE_KEY = "x-etcd-snapshot-exclude"
-HELD_UNTIL = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
-CONTENT_TYPE = "application/octet-stream"
 READ_CHUNK = 8 * 1024 * 1024
-LIST_PAGE = 1000
-#: Wait between the SDK's tries of one request (api_core's own doubles from 1 s up to a deadline).
-SDK_RETRY_WAIT = 0.5
 DELETE_WORKERS = 8
 
 _IMMUTABLE_MESSAGE = re.compile(r"\bretention\b|\bhold\b|\bretained\b", re.IGNORECASE)
@@ -102,13 +108,10 @@ class _Upload:
     step: int = 0
 
 
-class GCSStore(SnapStore):
-    provider = "GCS"
-    # Composite objects have no component limit today; doubling the part size past ~1250 parts
-    # keeps the number of composes (one per 31 parts) reasonable for very large snapshots.
-    max_parts = 10_000
-    # Compose accepts components of any size.
-    min_part_size = 1
+class GCSStore(ObjectStore):
+    provider = GCS
+    max_parts = IMPLEMENTATIONS[GCS].max_parts
+    min_part_size = IMPLEMENTATIONS[GCS].min_part_size
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -147,12 +150,13 @@ class GCSStore(SnapStore):
         if anonymous:
             return AnonymousCredentials(), EMULATOR_PROJECT
         if path:
-            info = _read_credentials_file(path, var)
+            info = read_json_file(path, var, "GCS credentials file")
+            _register_secrets(info)
             try:
                 creds = _credentials_from_info(info)
             except (ValueError, KeyError, TypeError, auth_exceptions.GoogleAuthError) as exc:
                 # The message names the file and what is wrong with it, never its contents.
-                raise ConfigError(f"{var}: cannot load GCS credentials from {path!r}: {_first_line(exc)}") from None
+                raise ConfigError(f"{var}: cannot load GCS credentials from {path!r}: {first_line(exc)}") from None
             return creds, info.get("project_id") or PLACEHOLDER_PROJECT
         try:
             creds, project = google.auth.default(scopes=list(SCOPES))
@@ -165,10 +169,7 @@ class GCSStore(SnapStore):
         return creds, project or PLACEHOLDER_PROJECT
 
     def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:  # best effort: the pool dies with the process anyway
-            pass
+        self._close_client(self.client)
 
     # -- naming ------------------------------------------------------------------------------
     @property
@@ -192,7 +193,7 @@ class GCSStore(SnapStore):
         if isinstance(exc, api_exceptions.GoogleAPICallError):
             status, message = int(exc.code or 0), exc.message or ""
         elif isinstance(exc, InvalidResponse):
-            status, message = int(getattr(exc.response, "status_code", 0) or 0), _first_line(exc)
+            status, message = int(getattr(exc.response, "status_code", 0) or 0), first_line(exc)
         if status:
             detail = f"HTTP {status}: {message}" if message else f"HTTP {status}"
             if status == 404:
@@ -210,10 +211,10 @@ class GCSStore(SnapStore):
             return StoreError(f"{self.endpoint_display} refused the request: {detail}", endpoint=endpoint, key=key)
         if isinstance(exc, auth_exceptions.RefreshError):
             if getattr(exc, "retryable", False):
-                return StoreUnavailable(f"cannot refresh the access token: {_first_line(exc)}", endpoint=endpoint, key=key)
-            return PermissionDenied(f"credentials refused: {_first_line(exc)}", endpoint=endpoint, key=key)
+                return StoreUnavailable(f"cannot refresh the access token: {first_line(exc)}", endpoint=endpoint, key=key)
+            return PermissionDenied(f"credentials refused: {first_line(exc)}", endpoint=endpoint, key=key)
         if isinstance(exc, auth_exceptions.DefaultCredentialsError):
-            return ConfigError(f"{endpoint}: {_first_line(exc)}")
+            return ConfigError(f"{endpoint}: {first_line(exc)}")
         if isinstance(exc, DataCorruption):
             return StoreUnavailable("checksum mismatch in transfer", endpoint=endpoint, key=key)
         if isinstance(exc, requests.Timeout):
@@ -221,8 +222,8 @@ class GCSStore(SnapStore):
                                     endpoint=endpoint, key=key)
         if isinstance(exc, (requests.RequestException, auth_exceptions.TransportError, api_exceptions.RetryError,
                             ConnectionError, TimeoutError, OSError)):
-            return StoreUnavailable(f"cannot reach {self.endpoint_display}: {_short(exc)}", endpoint=endpoint, key=key)
-        return StoreUnavailable(f"{type(exc).__name__}: {_first_line(exc)}", endpoint=endpoint, key=key)
+            return StoreUnavailable(f"cannot reach {self.endpoint_display}: {short_reason(exc)}", endpoint=endpoint, key=key)
+        return StoreUnavailable(f"{type(exc).__name__}: {first_line(exc)}", endpoint=endpoint, key=key)
 
     # -- listing -----------------------------------------------------------------------------
     def _check(self) -> None:
@@ -238,10 +239,6 @@ class GCSStore(SnapStore):
     def _sweep_leftovers(self) -> None:
         self._sweep_staging()
 
-    def list(self, include_all: bool = False) -> list[Snapshot]:
-        entries = ((key, attrs.as_dict()) for key, attrs in self._list_objects(self.list_root(), include_all))
-        return parse_listing(entries, endpoint=self.display)
-
     def _list_objects(self, prefix: str, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
         try:
             blobs = self.client.list_blobs(self.bucket, prefix=prefix, page_size=LIST_PAGE,
@@ -249,7 +246,7 @@ class GCSStore(SnapStore):
             for blob in blobs:
                 if blob.name.startswith(self.staging_root):
                     continue
-                if not include_all and str((blob.metadata or {}).get(EXCLUDE_KEY, "")).lower() == "true":
+                if not include_all and str((blob.metadata or {}).get(EXCLUDE_TAG, "")).lower() == "true":
                     continue
                 yield blob.name, ObjectAttrs(size=blob.size, immutable_until=_immutable_until(blob))
         except EtcdbrError:
@@ -273,7 +270,7 @@ class GCSStore(SnapStore):
             self._delete_many(stale)
 
     # -- reading and deleting ----------------------------------------------------------------
-    def _open_read(self, key: str) -> BinaryIO:
+    def _open_read(self, key: str, version_id: str = "") -> BinaryIO:
         # Pinning the generation keeps a concurrent overwrite from mixing two objects' bytes.
         blob = self._call(key, self.bucket.get_blob, key, timeout=self._timeout, retry=self._retry)
         if blob is None:
@@ -446,7 +443,8 @@ class GCSStore(SnapStore):
         bucket; when GCS refuses (403), False lets the caller stream the bytes instead. The
         destination appears only when the rewrite is complete.
         """
-        if not isinstance(other, GCSStore) or other.service_identity != self.service_identity:
+        other = self._peer(other)
+        if other is None:
             return False
         src_key, dst_key = other.object_key(src), self.object_key(dst)
         source = self.client.bucket(other.bucket_name).blob(src_key)
@@ -478,7 +476,7 @@ class _CountedRetry(Retry):
         def wrapped(*args, **kwargs):
             # After the last allowed wait, an endless one: retry_target gives up at once (its
             # deadline cannot be met) and raises RetryError with the last failure as its cause.
-            waits = iter([SDK_RETRY_WAIT] * (SDK_ATTEMPTS - 1) + [float("inf")])
+            waits = iter([SDK_RETRY_PAUSE] * (SDK_ATTEMPTS - 1) + [float("inf")])
             return retry_target(functools.partial(func, *args, **kwargs), self._predicate, waits,
                                 timeout=self._timeout, on_error=on_error)
 
@@ -527,21 +525,6 @@ def _normalise_endpoint(url: str) -> str:
     return url
 
 
-def _read_credentials_file(path: str, var: str) -> dict:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{var}: cannot read GCS credentials file {path!r} ({exc.strerror})") from None
-    try:
-        info = json.loads(text)
-    except ValueError:
-        raise ConfigError(f"{var}: GCS credentials file {path!r} is not valid JSON") from None
-    if not isinstance(info, dict):
-        raise ConfigError(f"{var}: GCS credentials file {path!r} must hold a JSON object")
-    _register_secrets(info)
-    return info
-
-
 def _credentials_from_info(info: dict):
     """Credentials of the two kinds the Go tool accepts, built without any network call.
 
@@ -574,17 +557,3 @@ def _register_secrets(info: dict) -> None:
                 if len(line) >= 16 and "-----" not in line:
                     logs.register_secret(line)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _short(exc: BaseException) -> str:
-    """Connection errors nest causes and repeat URLs; one readable clause is enough."""
-    text = str(exc)
-    for marker in ("Connection refused", "timed out", "Name or service not known", "Connection reset",
-                   "Remote end closed connection"):
-        if marker in text:
-            return marker.lower()
-    return _first_line(exc)

@@ -3,7 +3,7 @@
 Credentials come from ``AWS_APPLICATION_CREDENTIALS[_JSON]`` in the Go tool's layout (see
 compatibility.md §1.3); with neither variable set, boto3's default chain applies (environment,
 shared config, instance or pod identity). Uploads stream in multipart parts through
-:class:`ChunkedUpload`; nothing is spooled to disk.
+:class:`~.objectstore.ChunkedUpload`; nothing is spooled to disk.
 
 Buckets with versioning enabled are listed by version (the oldest version of each key is the
 snapshot, as the Go tool does) so that objects under Object Lock stay visible and are deleted by
@@ -19,7 +19,6 @@ import os
 import shutil
 import stat
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, Iterator
 
@@ -56,9 +55,13 @@ from ..errors import (
     StoreError,
     StoreUnavailable,
 )
-from ..snapshot import Snapshot, SnapshotNameError, parse_key, parse_listing
-from .base import SDK_ATTEMPTS, ObjectAttrs, SnapStore, TranslatingReader
+from ..retry import SDK_ATTEMPTS
+from ..snapshot import Snapshot, SnapshotNameError, parse_key
+from .base import ObjectAttrs, SnapStore
 from .credentials import as_bool, load_credentials
+from .objectstore import ObjectStore
+from .providers import EXCLUDE_TAG, IMPLEMENTATIONS, S3, short_reason
+from .streams import TranslatingReader
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,6 @@ DEFAULT_REGION = "us-east-1"
 MAX_SINGLE_COPY = 5 * 1024**3
 #: Part size of server-side multipart copies (no data passes through us, so parts can be big).
 COPY_PART_SIZE = 512 * 1024**2
-EXCLUDE_TAG = "x-etcd-snapshot-exclude"
 # Multipart uploads older than this under our prefix were abandoned by a killed process.
 STALE_UPLOAD = timedelta(hours=24)
 
@@ -76,24 +78,16 @@ _DENIED_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "ExpiredToken",
     "InvalidToken", "TokenRefreshRequired", "AccountProblem", "403", "Forbidden",
 }
-_CONNECTION_FAILURES = (
-    ("Connection refused", "connection refused"),
-    ("timed out", "timed out"),
-    ("Name or service not known", "unknown host"),
-    ("Temporary failure in name resolution", "unknown host"),
-    ("Connection reset", "connection reset"),
-    ("No route to host", "no route to host"),
-)
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
     "ServiceUnavailable", "503", "500", "502", "504", "OperationAborted", "RequestLimitExceeded",
 }
 
 
-class S3Store(SnapStore):
-    provider = "S3"
-    max_parts = 10_000
-    min_part_size = 5 * 1024 * 1024
+class S3Store(ObjectStore):
+    provider = S3
+    max_parts = IMPLEMENTATIONS[S3].max_parts
+    min_part_size = IMPLEMENTATIONS[S3].min_part_size
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -211,10 +205,7 @@ class S3Store(SnapStore):
             self._ca_dir = None
 
     def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:  # closing is best effort; the pool dies with the process anyway
-            pass
+        self._close_client(self.client)
         self._remove_ca_dir()
 
     # -- naming ------------------------------------------------------------------------------
@@ -318,10 +309,6 @@ class S3Store(SnapStore):
                 log.warning("could not abort an abandoned multipart upload",
                             extra={"store": self.display, "key": key, "error": str(self._error(exc, key))})
 
-    def list(self, include_all: bool = False) -> list[Snapshot]:
-        entries = ((key, attrs.as_dict()) for key, attrs in self._list_objects(self.list_root(), include_all))
-        return parse_listing(entries, endpoint=self.display)
-
     def _bucket_state(self) -> tuple[bool, timedelta | None]:
         """(versioning enabled, default Object Lock retention). Unknown (no permission) = off."""
         versioned, retention = False, None
@@ -418,9 +405,6 @@ class S3Store(SnapStore):
             raise self._error(exc, key) from exc
         return io.BufferedReader(TranslatingReader(response["Body"], self, key), buffer_size=1024 * 1024)
 
-    def fetch(self, snapshot: Snapshot) -> BinaryIO:
-        return self._open_read(self.object_key(snapshot), snapshot.version_id)
-
     def _delete_object(self, key: str, version_id: str = "") -> None:
         target = {"Bucket": self.bucket, "Key": key}
         if version_id:
@@ -498,7 +482,8 @@ class S3Store(SnapStore):
         The copy is made with this store's credentials, so they must be able to read the source
         bucket; when the service refuses (403), False lets the caller fall back to streaming.
         """
-        if not isinstance(other, S3Store) or other.service_identity != self.service_identity:
+        other = self._peer(other)
+        if other is None:
             return False
         src_key, dst_key = other.object_key(src), self.object_key(dst)
         source = {"Bucket": other.bucket, "Key": src_key}
@@ -554,17 +539,8 @@ class S3Store(SnapStore):
                 CopySource=source, CopySourceRange=f"bytes={first}-{last}", **source_sse, **self._sse))
             return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
 
-        try:
-            workers = max(1, self.config.max_parallel_chunk_uploads)
-            with ThreadPoolExecutor(workers, thread_name_prefix="part-copy") as pool:
-                parts = list(pool.map(copy_part, ranges))
-            self._retrying(dst_key, lambda: self._complete_upload(upload, parts))
-        except BaseException:
-            try:
-                self._abort_upload(upload)
-            except Exception as exc:
-                log.warning("could not abort copy", extra={"store": self.display, "key": dst_key, "error": str(exc)})
-            raise
+        self._in_parts(dst_key, upload, ranges, copy_part,
+                       lambda parts: self._retrying(dst_key, lambda: self._complete_upload(upload, parts)))
 
 
 class _FixedProvider(CredentialProvider):
@@ -597,9 +573,4 @@ def _short(exc: BaseException) -> str:
     """botocore connection errors repeat the URL and nest the cause; keep one readable clause."""
     details = getattr(exc, "kwargs", None)
     inner = details.get("error") if isinstance(details, dict) else None
-    text = f"{exc} {inner or ''}"
-    for marker, say in _CONNECTION_FAILURES:
-        if marker in text:
-            return say
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return first
+    return short_reason(exc, detail=str(inner or ""))
