@@ -12,24 +12,11 @@ version; a default Object Lock retention gives each snapshot its ``immutable_unt
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
-import os
-import shutil
-import stat
-import tempfile
 from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, Iterator
 
-import boto3
-import botocore.session
-from botocore.config import Config as BotoConfig
-from botocore.credentials import (
-    AssumeRoleWithWebIdentityCredentialFetcher,
-    CredentialProvider,
-    DeferredRefreshableCredentials,
-)
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -43,7 +30,6 @@ from botocore.exceptions import (
     ResponseStreamingError,
     SSLError,
 )
-from botocore.utils import FileWebIdentityTokenLoader
 
 from .. import logs
 from ..errors import (
@@ -55,17 +41,16 @@ from ..errors import (
     StoreError,
     StoreUnavailable,
 )
-from ..retry import SDK_ATTEMPTS
 from ..snapshot import Snapshot, SnapshotNameError, parse_key
 from .base import ObjectAttrs, SnapStore
-from .credentials import as_bool, load_credentials
+from .credentials import load_credentials
 from .objectstore import ObjectStore
 from .providers import EXCLUDE_TAG, IMPLEMENTATIONS, S3, short_reason
+from .s3client import build_client, remove_ca_dir
 from .streams import TranslatingReader
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REGION = "us-east-1"
 #: Largest object CopyObject accepts; bigger ones are copied part by part.
 MAX_SINGLE_COPY = 5 * 1024**3
 #: Part size of server-side multipart copies (no data passes through us, so parts can be big).
@@ -91,7 +76,6 @@ class S3Store(ObjectStore):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self._ca_dir: str | None = None
         creds = load_credentials(config, "AWS")
         self.credentials = creds
         values = creds.values if creds else {}
@@ -110,103 +94,17 @@ class S3Store(ObjectStore):
             }
         elif values.get("sseCustomerAlgorithm"):
             raise ConfigError("S3 credentials set sseCustomerAlgorithm without sseCustomerKey")
-        try:
-            self.client = self._build_client(values, creds is not None)
-        except BaseException:
-            self._remove_ca_dir()
-            raise
-
-    # -- construction ------------------------------------------------------------------------
-    def _build_client(self, values: dict, have_file: bool):
-        session = botocore.session.Session()
-        access_key = str(values.get("accessKeyID") or "")
-        secret = str(values.get("secretAccessKey") or "")
-        if have_file:
-            if access_key and secret:
-                session.set_credentials(access_key, secret)
-            elif values.get("roleARN") and values.get("tokenPath"):
-                self._use_web_identity(session, str(values["roleARN"]), str(values["tokenPath"]))
-            else:
-                raise ConfigError(
-                    "S3 credentials lack accessKeyID and secretAccessKey (or roleARN and tokenPath for web identity)"
-                )
-        region = self.region or session.get_config_variable("region") or DEFAULT_REGION
-        self.region = region
-
-        verify: bool | str | None = None
-        if as_bool(values.get("insecureSkipVerify", False)):
-            verify = False
-        elif values.get("trustedCaCert"):
-            verify = self._write_ca(str(values["trustedCaCert"]))
-
-        options: dict[str, Any] = {
-            # --store-timeout bounds every request; botocore tries each one SDK_ATTEMPTS times.
-            "connect_timeout": self.connect_timeout,
-            "read_timeout": self.request_timeout,
-            "retries": {"mode": "standard", "total_max_attempts": SDK_ATTEMPTS},
-            "max_pool_connections": max(10, self.config.max_parallel_chunk_uploads * 2 + 2),
-            "user_agent_extra": "etcd-backup-restore",
-            "tcp_keepalive": True,
-        }
-        # Every byte we download is checked by us (etcd's SHA-256 trailer, the delta hash, the
-        # copier's SHA-256), so botocore's CRC pass over responses would hash it twice. Uploads
-        # keep their request checksum: the service checks what it received.
-        options["response_checksum_validation"] = "when_required"
-        if self.endpoint_url or as_bool(values.get("s3ForcePathStyle", False)):
-            options["s3"] = {"addressing_style": "path"}
-        for key, option in (("requestChecksumCalculation", "request_checksum_calculation"),
-                            ("responseChecksumValidation", "response_checksum_validation")):
-            if values.get(key):
-                mode = str(values[key]).strip().lower()
-                if mode not in ("when_supported", "when_required"):
-                    raise ConfigError(f"S3 credentials: {key} must be when_supported or when_required, not {mode!r}")
-                options[option] = mode
-        kwargs: dict[str, Any] = {"region_name": region, "config": BotoConfig(**options)}
-        if self.endpoint_url:
-            kwargs["endpoint_url"] = self.endpoint_url
-        if verify is not None:
-            kwargs["verify"] = verify
-        return boto3.Session(botocore_session=session).client("s3", **kwargs)
-
-    def _use_web_identity(self, session, role_arn: str, token_path: str) -> None:
-        """Assume ``role_arn`` with the projected token at ``token_path``, refreshed before expiry."""
-        region = self.region or DEFAULT_REGION
-        fetcher = AssumeRoleWithWebIdentityCredentialFetcher(
-            client_creator=functools.partial(session.create_client, region_name=region),
-            web_identity_token_loader=FileWebIdentityTokenLoader(token_path),
-            role_arn=role_arn,
-            extra_args={"RoleSessionName": "etcd-backup-restore"},
-        )
-        credentials = DeferredRefreshableCredentials(
-            method="assume-role-with-web-identity", refresh_using=fetcher.fetch_credentials
-        )
-        session.get_component("credential_provider").insert_before("env", _FixedProvider(credentials))
-
-    def _write_ca(self, pem: str) -> str:
-        """botocore wants a CA bundle path; keep the PEM in a private directory we remove on close."""
-        base = self.config.temp_dir or None
-        try:
-            if base:
-                os.makedirs(base, mode=0o700, exist_ok=True)
-            self._ca_dir = tempfile.mkdtemp(prefix="etcdbr-s3-ca-", dir=base)
-        except OSError as exc:
-            raise ConfigError(f"--snapstore-temp-directory {base!r}: cannot create a private directory "
-                              f"for the CA bundle ({exc.strerror or exc})") from None
-        os.chmod(self._ca_dir, stat.S_IRWXU)
-        path = os.path.join(self._ca_dir, "ca.pem")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(pem if pem.endswith("\n") else pem + "\n")
-        return path
-
-    def _remove_ca_dir(self) -> None:
-        if self._ca_dir:
-            shutil.rmtree(self._ca_dir, ignore_errors=True)
-            self._ca_dir = None
+        #: The private directory of the CA bundle the client trusts (trustedCaCert), if any.
+        self._ca_dir: str | None
+        self.client, self.region, self._ca_dir = build_client(
+            values, creds is not None, region=self.region, endpoint_url=self.endpoint_url,
+            connect_timeout=self.connect_timeout, request_timeout=self.request_timeout,
+            pool_size=max(10, config.max_parallel_chunk_uploads * 2 + 2), temp_dir=config.temp_dir)
 
     def close(self) -> None:
         self._close_client(self.client)
-        self._remove_ca_dir()
+        remove_ca_dir(self._ca_dir)
+        self._ca_dir = None
 
     # -- naming ------------------------------------------------------------------------------
     @property
@@ -541,20 +439,6 @@ class S3Store(ObjectStore):
 
         self._in_parts(dst_key, upload, ranges, copy_part,
                        lambda parts: self._retrying(dst_key, lambda: self._complete_upload(upload, parts)))
-
-
-class _FixedProvider(CredentialProvider):
-    """Hands botocore credentials we built (web identity from the credentials file)."""
-
-    METHOD = "etcdbr-web-identity"
-    CANONICAL_NAME = "etcdbr-web-identity"
-
-    def __init__(self, credentials) -> None:
-        super().__init__()
-        self._credentials = credentials
-
-    def load(self):
-        return self._credentials
 
 
 def _is_snapshot_key(key: str) -> bool:
