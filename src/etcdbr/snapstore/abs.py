@@ -52,7 +52,7 @@ from ..snapshot import Snapshot
 from .base import ObjectAttrs, SnapStore
 from .credentials import load_credentials, require
 from .objectstore import ObjectStore
-from .providers import ABS, CONTENT_TYPE, EXCLUDE_TAG, HELD_UNTIL, IMPLEMENTATIONS, LIST_PAGE, first_line, short_reason
+from .providers import ABS, CONTENT_TYPE, HELD_UNTIL, LIST_PAGE, first_line, marked_excluded, short_reason
 from .streams import ChunksBody, TranslatingReader
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,6 @@ def _block_id(text: str) -> str:
 
 class ABSStore(ObjectStore):
     provider = ABS
-    max_parts = IMPLEMENTATIONS[ABS].max_parts
-    min_part_size = IMPLEMENTATIONS[ABS].min_part_size
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -192,21 +190,16 @@ class ABSStore(ObjectStore):
         include = ["copy", "immutabilitypolicy", "legalhold"]
         if not include_all:
             include.append("tags")
-        try:
-            for blob in self.container.list_blobs(name_starts_with=prefix or None, include=include,
-                                                  results_per_page=LIST_PAGE):
-                # The destination of an unfinished or failed asynchronous copy (by another tool)
-                # exists but is not a whole object.
-                copy = getattr(blob, "copy", None)
-                if copy is not None and copy.status and copy.status != "success":
-                    continue
-                if not include_all and str((blob.tags or {}).get(EXCLUDE_TAG, "")).lower() == "true":
-                    continue
-                yield blob.name, ObjectAttrs(size=blob.size, immutable_until=_immutable_until(blob))
-        except EtcdbrError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, prefix) from exc
+        for blob in self.container.list_blobs(name_starts_with=prefix or None, include=include,
+                                              results_per_page=LIST_PAGE):
+            # The destination of an unfinished or failed asynchronous copy (by another tool)
+            # exists but is not a whole object.
+            copy = getattr(blob, "copy", None)
+            if copy is not None and copy.status and copy.status != "success":
+                continue
+            if not include_all and marked_excluded(blob.tags):
+                continue
+            yield blob.name, ObjectAttrs(size=blob.size, immutable_until=_immutable_until(blob))
 
     # -- reading and deleting ----------------------------------------------------------------
     def _open_read(self, key: str, version_id: str = "") -> BinaryIO:

@@ -47,17 +47,7 @@ from ..snapshot import Snapshot
 from .base import ObjectAttrs, SnapStore
 from .gcsclient import GOOGLE_ENDPOINT, build_client, sdk_retry
 from .objectstore import ObjectStore
-from .providers import (
-    CONTENT_TYPE,
-    EXCLUDE_TAG,
-    GCS,
-    HELD_UNTIL,
-    IMPLEMENTATIONS,
-    LIST_PAGE,
-    STAGING_DIR,
-    first_line,
-    short_reason,
-)
+from .providers import CONTENT_TYPE, GCS, HELD_UNTIL, LIST_PAGE, STAGING_DIR, first_line, marked_excluded, short_reason
 from .streams import TranslatingReader
 
 log = logging.getLogger(__name__)
@@ -89,8 +79,6 @@ class _Upload:
 
 class GCSStore(ObjectStore):
     provider = GCS
-    max_parts = IMPLEMENTATIONS[GCS].max_parts
-    min_part_size = IMPLEMENTATIONS[GCS].min_part_size
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -179,19 +167,16 @@ class GCSStore(ObjectStore):
         self._sweep_staging()
 
     def _list_objects(self, prefix: str, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
-        try:
-            blobs = self.client.list_blobs(self.bucket, prefix=prefix, page_size=LIST_PAGE,
-                                           timeout=self._timeout, retry=self._retry)
-            for blob in blobs:
-                if blob.name.startswith(self.staging_root):
-                    continue
-                if not include_all and str((blob.metadata or {}).get(EXCLUDE_TAG, "")).lower() == "true":
-                    continue
-                yield blob.name, ObjectAttrs(size=blob.size, immutable_until=_immutable_until(blob))
-        except EtcdbrError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, listing=True) from exc
+        for blob in self.client.list_blobs(self.bucket, prefix=prefix, page_size=LIST_PAGE,
+                                           timeout=self._timeout, retry=self._retry):
+            if blob.name.startswith(self.staging_root):
+                continue
+            if not include_all and marked_excluded(blob.metadata):
+                continue
+            yield blob.name, ObjectAttrs(size=blob.size, immutable_until=_immutable_until(blob))
+
+    def _listing_error(self, exc: BaseException, prefix: str) -> EtcdbrError:
+        return self._error(exc, listing=True)
 
     def _sweep_staging(self) -> None:
         """Delete the staging objects of uploads that died with their process (best effort)."""

@@ -12,13 +12,17 @@ import abc
 import logging
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 from ..errors import EtcdbrError, StoreError, StoreUnavailable
 from ..retry import STORE_PART, Policy, retry_call
 from ..snapshot import Snapshot
 from .base import ObjectAttrs, SnapStore
+from .providers import IMPLEMENTATIONS
 from .streams import read_full
+
+if TYPE_CHECKING:
+    from ..config import StoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,12 @@ class ObjectStore(SnapStore):
     min_part_size: int = 5 * 1024 * 1024
     #: How one upload part or server-side copy step is tried again while the store is unavailable.
     part_retry: Policy = STORE_PART
+
+    def __init__(self, config: "StoreConfig") -> None:
+        super().__init__(config)
+        if self.provider in IMPLEMENTATIONS:  # the service's own limits
+            limits = IMPLEMENTATIONS[self.provider]
+            self.max_parts, self.min_part_size = limits.max_parts, limits.min_part_size
 
     # -- timeouts ----------------------------------------------------------------------------
     @property
@@ -62,7 +72,13 @@ class ObjectStore(SnapStore):
             self._sweep_leftovers()
 
     def objects(self, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
-        return self._list_objects(self.list_root(), include_all)
+        prefix = self.list_root()
+        try:
+            yield from self._list_objects(prefix, include_all)
+        except EtcdbrError:
+            raise
+        except Exception as exc:
+            raise self._listing_error(exc, prefix) from exc
 
     def save(self, snapshot: Snapshot, stream: BinaryIO) -> int:
         return ChunkedUpload(self, self.object_key(snapshot)).run(stream)
@@ -84,6 +100,10 @@ class ObjectStore(SnapStore):
         failure as transient.
         """
         return wrap_error(exc, self, key)
+
+    def _listing_error(self, exc: BaseException, prefix: str) -> EtcdbrError:
+        """:meth:`_error` for a failed listing of ``prefix``."""
+        return self._error(exc, prefix)
 
     def _call(self, key: str, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run one SDK call, translating its failure with :meth:`_error`."""
@@ -142,7 +162,9 @@ class ObjectStore(SnapStore):
     def _check(self) -> None: ...
 
     @abc.abstractmethod
-    def _list_objects(self, prefix: str, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]: ...
+    def _list_objects(self, prefix: str, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
+        """The objects under ``prefix`` (see ``SnapStore.objects``); failures are translated by
+        :meth:`_listing_error`."""
 
     @abc.abstractmethod
     def _open_read(self, key: str, version_id: str = "") -> BinaryIO: ...

@@ -58,6 +58,11 @@ LIST_PAGE = 1000
 STAGING_DIR = ".etcdbr-staging"
 
 
+def marked_excluded(labels: dict | None) -> bool:
+    """Do an object's tags (or metadata) carry the Go tool's exclusion mark?"""
+    return str((labels or {}).get(EXCLUDE_TAG, "")).lower() == "true"
+
+
 # -- error shortening ---------------------------------------------------------------------------
 #: What SDKs and urllib3 say about a failed connection, in many words, and what we say.
 CONNECTION_FAILURES = (

@@ -45,7 +45,7 @@ from ..snapshot import Snapshot, SnapshotNameError, parse_key
 from .base import ObjectAttrs, SnapStore
 from .credentials import load_credentials
 from .objectstore import ObjectStore
-from .providers import EXCLUDE_TAG, IMPLEMENTATIONS, S3, short_reason
+from .providers import S3, marked_excluded, short_reason
 from .s3client import build_client, remove_ca_dir
 from .streams import TranslatingReader
 
@@ -71,8 +71,6 @@ _TRANSIENT_CODES = {
 
 class S3Store(ObjectStore):
     provider = S3
-    max_parts = IMPLEMENTATIONS[S3].max_parts
-    min_part_size = IMPLEMENTATIONS[S3].min_part_size
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -240,17 +238,12 @@ class S3Store(ObjectStore):
 
     def _list_objects(self, prefix: str, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
         versioned, retention = self._bucket_state()
-        try:
-            if not versioned:
-                for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-                    for obj in page.get("Contents", ()) or ():
-                        yield obj["Key"], ObjectAttrs(size=obj.get("Size"))
-                return
+        if versioned:
             yield from self._list_versions(prefix, retention, include_all)
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, prefix) from exc
+            return
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", ()) or ():
+                yield obj["Key"], ObjectAttrs(size=obj.get("Size"))
 
     def _list_versions(self, prefix: str, retention: timedelta | None, include_all: bool):
         oldest: dict[str, dict] = {}
@@ -286,7 +279,7 @@ class S3Store(ObjectStore):
             tags = self.client.get_object_tagging(**kwargs).get("TagSet", [])
         except ClientError:
             return False
-        return any(t.get("Key") == EXCLUDE_TAG and str(t.get("Value")).lower() == "true" for t in tags)
+        return marked_excluded({t.get("Key"): t.get("Value") for t in tags})
 
     def _open_read(self, key: str, version_id: str = "") -> BinaryIO:
         kwargs = {"Bucket": self.bucket, "Key": key}
