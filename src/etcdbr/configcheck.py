@@ -203,7 +203,18 @@ def _member(c: Config) -> str | None:
     return None
 
 
+def _codec_installed(c: Config) -> str | None:
+    from .compression import require_codec
+
+    try:
+        require_codec(c.snapshotter.compression)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 RULES: list[Rule] = [
+    Rule("codec-installed", ("compression",), _codec_installed),
     Rule("gc-limit-based", ("snapshotter",), _limit_based),
     Rule("max-backups-bound", ("snapshotter",), _max_backups),
     Rule("delta-memory-bound", ("snapshotter",), _memory_limit),

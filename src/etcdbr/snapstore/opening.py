@@ -11,10 +11,10 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import ConfigError, EtcdbrError, StoreError
+from ..errors import ConfigError, EtcdbrError, StoreError, not_installed
 from ..logs import redact
 from .base import SnapStore
-from .providers import IMPLEMENTATIONS, PROVIDERS, UNSUPPORTED_PROVIDERS, install_hint
+from .providers import IMPLEMENTATIONS, PROVIDERS, UNSUPPORTED_PROVIDERS
 from .rotating import RotatingStore
 
 if TYPE_CHECKING:  # config imports the provider names from this package
@@ -35,11 +35,10 @@ def store_class(provider: str) -> type[SnapStore]:
     try:
         module = importlib.import_module(impl.module)
     except ImportError as exc:
-        missing = exc.name or ""
+        missing = (exc.name or "").split(".")[0]
         if impl.extra is None or not missing or missing.split(".")[0] == "etcdbr":
             raise
-        raise ConfigError(f"the {provider} store needs the Python package {missing!r}, which is not installed: "
-                          f"{install_hint(impl.extra)}") from None
+        raise not_installed(f"the {provider} store", missing, impl.extra) from None
     return getattr(module, impl.cls)
 
 

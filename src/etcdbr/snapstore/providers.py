@@ -41,11 +41,6 @@ IMPLEMENTATIONS = {
 }
 
 
-def install_hint(extra: str) -> str:
-    """The command that installs an optional part of the tool."""
-    return f"pip install 'etcd-backup-restore[{extra}]'"
-
-
 # -- what the object stores put on or read from objects -----------------------------------------
 #: Tag (S3, ABS) or metadata key (GCS) that hides a deleted snapshot from listings, as the Go tool sets it.
 EXCLUDE_TAG = "x-etcd-snapshot-exclude"
