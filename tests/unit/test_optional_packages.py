@@ -56,6 +56,7 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
 def test_the_core_imports_without_optional_packages():
     """Every module but the providers' own imports with none of the optional packages installed."""
     code = _BLOCKER.format(blocked=OPTIONAL) + textwrap.dedent("""
+        import etcdbr.config  # first: config takes the provider names from the snapstore package
         import importlib, pkgutil, etcdbr
         PROVIDER_MODULES = {"s3", "s3client", "gcs", "gcsclient", "abs"}
         names = [m.name for m in pkgutil.walk_packages(etcdbr.__path__, "etcdbr.")

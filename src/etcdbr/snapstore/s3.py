@@ -92,8 +92,7 @@ class S3Store(ObjectStore):
             }
         elif values.get("sseCustomerAlgorithm"):
             raise ConfigError("S3 credentials set sseCustomerAlgorithm without sseCustomerKey")
-        #: The private directory of the CA bundle the client trusts (trustedCaCert), if any.
-        self._ca_dir: str | None
+        # _ca_dir: the private directory of the CA bundle the client trusts (trustedCaCert), or None.
         self.client, self.region, self._ca_dir = build_client(
             values, creds is not None, region=self.region, endpoint_url=self.endpoint_url,
             connect_timeout=self.connect_timeout, request_timeout=self.request_timeout,
