@@ -27,9 +27,10 @@ RUN python -m venv /opt/etcdbr
 WORKDIR /src
 # .dockerignore admits only pyproject.toml, README.md and src/.
 COPY . .
-# Every dependency ships wheels for linux amd64/arm64, so no compiler is needed even here.
+# Every dependency ships wheels for linux amd64/arm64, so no compiler is needed even here. The
+# image serves every provider and codec: the "all" extra (s3, gcs, abs, zstd).
 # pip and setuptools leave the venv afterwards: the runtime image installs nothing.
-RUN /opt/etcdbr/bin/pip install --no-cache-dir . \
+RUN /opt/etcdbr/bin/pip install --no-cache-dir ".[all]" \
  && /opt/etcdbr/bin/python -m pip uninstall --yes pip setuptools \
  && /opt/etcdbr/bin/etcdbrctl --help > /dev/null
 

@@ -71,7 +71,7 @@ Defects this suite found, and the fixes made with it:
 - `--server-port=99999` ended in an internal error; it is now a configuration error (exit 2), and
   `--log-level`/`--log-format` are accepted by every command (`etcdbr/cli/options.py`).
 - Credentials rotated on disk were never picked up: stores now rebuild their clients when the
-  credential files change, before the next call (`etcdbr/snapstore/base.py`).
+  credential files change, before the next call (`etcdbr/snapstore/rotating.py`).
 
 Known limits (not defects of what is stored):
 

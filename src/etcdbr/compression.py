@@ -15,12 +15,11 @@ import enum
 import io
 from typing import BinaryIO, Protocol
 
-import zstandard
 # ISA-L's deflate writes and reads the same gzip/zlib streams as zlib (and Go) at several times
 # zlib's speed; see the levels below.
 from isal import isal_zlib as deflate
 
-from .errors import ConfigError, IntegrityError
+from .errors import ConfigError, IntegrityError, not_installed
 from .lzw import LZWCompressor, LZWDecompressor, LZWError
 
 __all__ = [
@@ -30,6 +29,7 @@ __all__ = [
     "ZLIB_LEVEL",
     "ZSTD_LEVEL",
     "normalize_policy",
+    "require_codec",
     "suffix_for",
     "policy_for_suffix",
     "make_compressor",
@@ -101,6 +101,21 @@ def normalize_policy(policy: str | Compression | None) -> Compression | None:
         ) from None
 
 
+def require_codec(policy: str | Compression | None) -> None:
+    """Raise ConfigError when the codec of ``policy`` is not installed: zstd is optional (the
+    ``zstd`` extra), every other codec comes with the tool."""
+    if normalize_policy(policy) is Compression.ZSTD:
+        _zstandard()
+
+
+def _zstandard():
+    try:
+        import zstandard
+    except ImportError:
+        raise not_installed("zstd compression (.zst)", "zstandard", "zstd") from None
+    return zstandard
+
+
 def suffix_for(policy: str | Compression | None) -> str:
     """Object-name suffix for a policy: ``.gz``, ``.zlib``, ``.Z``, ``.zst``; ``""`` if disabled."""
     p = normalize_policy(policy)
@@ -140,7 +155,7 @@ class _Identity:
 class _ZstdCompressor:
     def __init__(self, level: int) -> None:
         # The frame checksum lets a reader tell a damaged snapshot from a valid one.
-        self._obj = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
+        self._obj = _zstandard().ZstdCompressor(level=level, write_checksum=True).compressobj()
 
     def compress(self, data: bytes) -> bytes:
         return self._obj.compress(data)
@@ -245,7 +260,8 @@ class _ZstdDecoder(_Decoder):
     feed_size = _ZSTD_FEED
 
     def __init__(self) -> None:
-        self._dctx = zstandard.ZstdDecompressor()
+        self._zstd = _zstandard()
+        self._dctx = self._zstd.ZstdDecompressor()
         self._d = self._dctx.decompressobj()
         self._fed = False
         self._carry = b""
@@ -264,7 +280,7 @@ class _ZstdDecoder(_Decoder):
         self._fed = True
         try:
             out = self._d.decompress(data)
-        except zstandard.ZstdError as e:
+        except self._zstd.ZstdError as e:
             raise IntegrityError(f"corrupt zstd stream: {e}") from e
         if self._d.eof and self._d.unused_data:
             self._carry = self._d.unused_data

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import urlparse
 
+from .snapstore.providers import PROVIDERS, UNSUPPORTED_PROVIDERS  # noqa: F401 - the flags' choices
+
 MIN_CHUNK_SIZE = 5 * 1024 * 1024
-PROVIDERS = ("Local", "S3", "GCS", "ABS")
-# The Go tool knows these too; we name them in errors so an operator knows why they are refused.
-UNSUPPORTED_PROVIDERS = ("Swift", "OSS", "ECS", "OCS")
 
 
 # -- value syntaxes -------------------------------------------------------------------------

@@ -169,12 +169,17 @@ def _lease_names(c: Config) -> str | None:
     return None
 
 
-def _initial_cluster(c: Config) -> str | None:
+def _refusal(check: Callable[[], object]) -> str | None:
+    """The message of the ConfigError ``check()`` raises, or None."""
     try:
-        parse_url_map(c.restoration.initial_cluster)
+        check()
     except ConfigError as exc:
         return str(exc)
     return None
+
+
+def _initial_cluster(c: Config) -> str | None:
+    return _refusal(lambda: parse_url_map(c.restoration.initial_cluster))
 
 
 def _peer_urls(c: Config) -> str | None:
@@ -196,14 +201,18 @@ def _cluster_state(c: Config) -> str | None:
 
 
 def _member(c: Config) -> str | None:
-    try:
-        check_member_urls(c.restoration)
-    except ConfigError as exc:
-        return str(exc)
-    return None
+    return _refusal(lambda: check_member_urls(c.restoration))
+
+
+def _codec_installed(c: Config) -> str | None:
+    """zstd is an optional extra: refuse --compression-policy=zstd at start when it is missing."""
+    from .compression import require_codec
+
+    return _refusal(lambda: require_codec(c.snapshotter.compression))
 
 
 RULES: list[Rule] = [
+    Rule("codec-installed", ("compression",), _codec_installed),
     Rule("gc-limit-based", ("snapshotter",), _limit_based),
     Rule("max-backups-bound", ("snapshotter",), _max_backups),
     Rule("delta-memory-bound", ("snapshotter",), _memory_limit),

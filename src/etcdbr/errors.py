@@ -19,6 +19,13 @@ class ConfigError(EtcdbrError):
     exit_code = 2
 
 
+def not_installed(what: str, package: str, extra: str) -> ConfigError:
+    """The error for an optional part of the tool whose package is missing: one line naming the
+    command that installs it (the extras of ``pyproject.toml``)."""
+    return ConfigError(f"{what} needs the Python package {package!r}, which is not installed: "
+                       f"pip install 'etcd-backup-restore[{extra}]'")
+
+
 class StoreError(EtcdbrError):
     """A snapstore operation failed. ``endpoint`` names the store, ``key`` the object."""
 

@@ -52,6 +52,9 @@ T = TypeVar("T")
 SDK_ATTEMPTS = 2
 #: Longest pause of an SDK between its tries, seconds.
 SDK_RETRY_WAIT = 1.0
+#: The pause GCS's and ABS's SDKs are set to (ABS adds a jitter of half of it; botocore's own
+#: backoff stays under :data:`SDK_RETRY_WAIT`).
+SDK_RETRY_PAUSE = 0.5
 #: ``Policy.attempts`` of a loop that goes on until it is stopped.
 UNLIMITED = sys.maxsize
 
@@ -231,5 +234,5 @@ async def wait_unless_stopped(stop: asyncio.Event, seconds: float, *, wake: asyn
     return stop.is_set()
 
 
-__all__ = ["Policy", "SDK_ATTEMPTS", "SDK_RETRY_WAIT", "STORE_PART", "UNLIMITED", "any_failure", "aretry_call",
-           "is_transient", "retry_call", "wait_unless_stopped"]
+__all__ = ["Policy", "SDK_ATTEMPTS", "SDK_RETRY_PAUSE", "SDK_RETRY_WAIT", "STORE_PART", "UNLIMITED", "any_failure",
+           "aretry_call", "is_transient", "retry_call", "wait_unless_stopped"]

@@ -298,9 +298,9 @@ def list_keys(store) -> Iterable[tuple[str, object]]:
     """Every object under the store's listing root with what the listing knows about it.
 
     The store's own ``list()`` drops keys that do not parse (so one stray object never hides the
-    others from a restore); verify needs to see them, hence the provider primitive.
+    others from a restore); verify needs to see them.
     """
-    return store._list_objects(store.list_root())
+    return store.objects()
 
 
 def verify_store(store, *, parallel: int = DEFAULT_PARALLEL, check_content: bool = True,

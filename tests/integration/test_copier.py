@@ -23,16 +23,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from tenacity import wait_fixed
 
 from etcdbr import metrics
 from etcdbr.compression import compress_bytes, decompress_bytes, suffix_for
 from etcdbr.config import Config, StoreConfig, SyncConfig
-from etcdbr.copier import BackupCopier, build_stores
+from etcdbr.copier import BackupCopier
 from etcdbr.delta import DeltaEncoder, Event, EventType, KeyValue, decode_delta
 from etcdbr.errors import ObjectNotFound, StoreError, StoreUnavailable
+from etcdbr.retry import STORE_PART, Policy
 from etcdbr.snapshot import Kind, Snapshot, new_snapshot
 from etcdbr.snapstore import open_store
+from etcdbr.snapstore import open_stores as build_stores
 
 from services import S3Server, unique_name
 
@@ -433,7 +434,7 @@ def test_secondary_outage_leaves_primary_unaffected_and_catches_up(s3_server, s3
     secondary = open_store(s3_config(own_s3, sec_bucket, env_prefix="SECONDARY_"))
     stores_to_close.extend([primary, secondary])
     # The store retries each part 5 times with waits up to 16s; keep the test short.
-    secondary._part_retry_wait = wait_fixed(0.05)
+    secondary.resolve().part_retry = Policy(attempts=STORE_PART.attempts, first_wait=0.05, multiplier=1.0)
     seed(primary, n_deltas=2)
     caplog.set_level(logging.INFO, logger=LOGGER)
 

@@ -17,9 +17,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from click.testing import CliRunner
-from tenacity import wait_none
 
 from etcdbr.config import StoreConfig
+from etcdbr.retry import STORE_PART, Policy
 from etcdbr.snapshot import Kind, new_snapshot
 from etcdbr.snapstore import open_store
 
@@ -88,12 +88,14 @@ def wait_for(pred, timeout: float = 10.0, interval: float = 0.05, what: str = "c
 
 # -- stores on the real servers -------------------------------------------------------------------
 def fast(store):
-    """Retries stay on, only their waits shrink, so fault tests take seconds, not minutes."""
-    store._part_retry_wait = wait_none()
-    if store.provider == "GCS":
+    """Retries stay on, only their waits shrink, so fault tests take seconds, not minutes (on the
+    store that serves calls now: a rotation of its credentials builds one with the usual waits)."""
+    serving = store.resolve()
+    serving.part_retry = Policy(attempts=STORE_PART.attempts, first_wait=0.0)
+    if serving.provider == "GCS":
         from google.cloud.storage.retry import DEFAULT_RETRY
 
-        store._retry = DEFAULT_RETRY.with_timeout(0.3).with_delay(initial=0.05, maximum=0.1)
+        serving._retry = DEFAULT_RETRY.with_timeout(0.3).with_delay(initial=0.05, maximum=0.1)
     return store
 
 

@@ -239,7 +239,7 @@ def _dual_config(primary: StoreConfig, secondary: StoreConfig) -> Config:
 
 
 def test_secondary_unreachable_at_startup_means_single_endpoint(s3env, gcsenv, caplog, outcome):
-    from etcdbr.copier import build_stores
+    from etcdbr.snapstore import open_stores as build_stores
 
     caplog.set_level(logging.INFO)
     with FaultProxy.for_url(gcsenv.endpoint) as proxy:
@@ -254,12 +254,12 @@ def test_secondary_unreachable_at_startup_means_single_endpoint(s3env, gcsenv, c
         primary.close()
     lines = [r for r in caplog.records if r.getMessage() == "Only primary snapstore available, using single endpoint"]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING
-    outcome.record("fault", "secondary (GCS) unreachable at startup", "server startup (build_stores)",
+    outcome.record("fault", "secondary (GCS) unreachable at startup", "server startup (open_stores)",
                    "WARN: Only primary snapstore available, using single endpoint; primary used alone")
 
 
 def test_primary_unreachable_at_startup_is_fatal(s3env, gcsenv, tmp_path, outcome):
-    from etcdbr.copier import build_stores
+    from etcdbr.snapstore import open_stores as build_stores
 
     from reliability.helpers import run_cli
 

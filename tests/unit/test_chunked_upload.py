@@ -14,23 +14,25 @@ import time
 import tracemalloc
 
 import pytest
-from tenacity import wait_none
 
 from etcdbr.config import StoreConfig
 from etcdbr.errors import PermissionDenied, StoreUnavailable
-from etcdbr.snapstore.base import PART_ATTEMPTS, ChunkedUpload, SnapStore
+from etcdbr.retry import STORE_PART, Policy
+from etcdbr.snapstore.objectstore import ChunkedUpload, ObjectStore
+
+PART_ATTEMPTS = STORE_PART.attempts
 
 PART = 1024
 
 
-class RecordingStore(SnapStore):
+class RecordingStore(ObjectStore):
     provider = "Recording"
     min_part_size = 1
 
     def __init__(self, parallel: int = 3, part: int = PART, delay: float = 0.0) -> None:
         super().__init__(StoreConfig(provider="Local", container="rec", min_chunk_size=part,
                                      max_parallel_chunk_uploads=parallel))
-        self._part_retry_wait = wait_none()
+        self.part_retry = Policy(attempts=STORE_PART.attempts, first_wait=0.0)
         self.delay = delay
         self.lock = threading.Lock()
         self.small: list[bytes] = []
@@ -47,10 +49,10 @@ class RecordingStore(SnapStore):
 
     def _check(self): ...
 
-    def _list_objects(self, prefix):
+    def _list_objects(self, prefix, include_all=True):
         return iter(())
 
-    def _open_read(self, key):
+    def _open_read(self, key, version_id=""):
         raise NotImplementedError
 
     def _delete_object(self, key, version_id=""):

@@ -23,7 +23,6 @@ from etcdbr import metrics
 from etcdbr.config import Config, StoreConfig, SyncConfig
 from etcdbr.copier import (
     BackupCopier,
-    build_stores,
     destination_for,
     own_snapshots,
     plan_sync,
@@ -31,6 +30,7 @@ from etcdbr.copier import (
 )
 from etcdbr.errors import ConfigError, ImmutableObject, StoreError, StoreUnavailable
 from etcdbr.snapshot import Kind, Snapshot, new_snapshot
+from etcdbr.snapstore import open_stores as build_stores
 from etcdbr.snapstore.local import STAGING_DIR, LocalStore
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)

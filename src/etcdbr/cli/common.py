@@ -98,15 +98,9 @@ def _restore_sigterm(previous) -> None:
 def open_checked_store(store_config, *, sweep: bool = True):
     """Open a store and check that it is reachable; errors name the endpoint. ``sweep=False``
     (read-only commands) leaves interrupted uploads' leftovers in place."""
-    from ..snapstore import open_store
+    from ..snapstore import open_checked
 
-    store = open_store(store_config)
-    try:
-        store.check(sweep=sweep)
-    except BaseException:
-        store.close()
-        raise
-    return store
+    return open_checked(store_config, sweep=sweep)
 
 
 def within_deadline(seconds: float, what: str, fn):

@@ -2,8 +2,8 @@
 
 Contract (``spec/dual-endpoint.md``; the log sentences below are the ones operators grep for):
 
-* ``build_stores(config)`` opens both endpoints at startup. The primary must work (else the
-  command fails); a secondary that cannot be opened or reached means single-endpoint mode with
+* ``snapstore.open_stores(config)`` opens both endpoints at startup. The primary must work (else
+  the command fails); a secondary that cannot be opened or reached means single-endpoint mode with
   ``Only primary snapstore available, using single endpoint``; both failing is a startup error.
 * A sync run lists the primary, lists the secondary, compares them by ``Snapshot.copier_key()``
   (``{directory}/{name}:{start}-{end}``, ``.final`` ignored), copies what the secondary lacks and
@@ -34,15 +34,13 @@ Contract (``spec/dual-endpoint.md``; the log sentences below are the ones operat
   ``DRAIN_RETRY_WAIT`` apart while draining), by ``etcdbr.retry``.
 
 Modules: ``plan`` (pure planning), ``engine`` (the BackupCopier), ``transfer`` (one verified
-copy), ``inventory`` (what is where), ``endpoints`` (outages), ``result`` (what runs did),
-``stores`` (opening both stores).
+copy), ``inventory`` (what is where), ``endpoints`` (outages), ``result`` (what runs did).
 """
 
 from .engine import DRAIN_POLL, DRAIN_RETRY_WAIT, BackupCopier
 from .plan import SyncPlan, destination_for, own_snapshots, plan_sync, select_backups
 from .result import ProgressFn, SyncResult
-from .stores import build_stores
 from .transfer import PRIMARY, SECONDARY
 
 __all__ = ["DRAIN_POLL", "DRAIN_RETRY_WAIT", "PRIMARY", "SECONDARY", "BackupCopier", "ProgressFn", "SyncPlan",
-           "SyncResult", "build_stores", "destination_for", "own_snapshots", "plan_sync", "select_backups"]
+           "SyncResult", "destination_for", "own_snapshots", "plan_sync", "select_backups"]

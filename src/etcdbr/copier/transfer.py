@@ -25,7 +25,7 @@ from ..errors import (
 from ..logs import redact
 from ..snapshot import Snapshot
 from ..snapstore import SnapStore
-from ..snapstore.base import HashingReader
+from ..snapstore.streams import HashingReader
 from .plan import destination_for
 
 log = logging.getLogger("etcdbr.copier")

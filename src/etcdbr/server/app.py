@@ -4,7 +4,7 @@ Order of events (compatibility.md §4.1):
 
 1. The HTTP API listens at once, unhealthy (503), so the etcd container's bootstrap script can
    call ``/initialization/start`` before etcd runs.
-2. The stores are opened (``copier.build_stores``): a broken primary ends the process; a broken
+2. The stores are opened (``snapstore.open_stores``): a broken primary ends the process; a broken
    secondary means single-endpoint mode. Without ``--storage-provider`` there are no stores and
    no snapshotter, and health follows etcd's reachability.
 3. Every ``--reelection-period`` the sidecar asks its own member (``--endpoints[0]``) for its
@@ -36,10 +36,11 @@ from aiohttp import web
 from .. import etcdclient
 from ..backup import BackupRunner
 from ..config import Config
-from ..copier import BackupCopier, build_stores
+from ..copier import BackupCopier
 from ..errors import ConfigError, EtcdbrError, EtcdError
 from ..logs import redact
 from ..snapshotter import Snapshotter
+from ..snapstore import open_stores
 from . import api
 from .initialization import Initialization
 from .leader import LeaderElector, Role
@@ -232,7 +233,7 @@ class BackupServer:
         runner = await self._start_http()
         try:
             if self.has_provider:
-                stopped, stores = await self._until_stopped(asyncio.to_thread(build_stores, self.config))
+                stopped, stores = await self._until_stopped(asyncio.to_thread(open_stores, self.config))
                 if stopped:
                     return 0
                 self.primary, self.secondary = stores

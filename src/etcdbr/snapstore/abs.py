@@ -30,7 +30,6 @@ import io
 import logging
 import re
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, Iterator
 
@@ -48,9 +47,13 @@ from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSet
 
 from .. import logs
 from ..errors import ConfigError, EtcdbrError, ImmutableObject, ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
-from ..snapshot import Snapshot, parse_listing
-from .base import SDK_ATTEMPTS, ObjectAttrs, SnapStore
+from ..retry import SDK_ATTEMPTS, SDK_RETRY_PAUSE
+from ..snapshot import Snapshot
+from .base import ObjectAttrs, SnapStore
 from .credentials import load_credentials, require
+from .objectstore import ObjectStore
+from .providers import ABS, CONTENT_TYPE, HELD_UNTIL, LIST_PAGE, first_line, marked_excluded, short_reason
+from .streams import ChunksBody, TranslatingReader
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +61,6 @@ log = logging.getLogger(__name__)
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 DEFAULT_DOMAIN = "blob.core.windows.net"
-EXCLUDE_TAG = "x-etcd-snapshot-exclude"
-HELD_UNTIL = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
-CONTENT_TYPE = "application/octet-stream"
-LIST_PAGE = 1000
 MAX_SINGLE_PUT = 5000 * 1024 * 1024
 READ_CHUNK = 4 * 1024 * 1024
 #: Range copied by one Put Block From URL (the service accepts up to 4000 MiB; smaller ranges
@@ -90,11 +89,8 @@ def _block_id(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-class ABSStore(SnapStore):
-    provider = "ABS"
-    max_parts = 50_000
-    # Blocks may be of any size up to 4000 MiB.
-    min_part_size = 1
+class ABSStore(ObjectStore):
+    provider = ABS
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -122,8 +118,9 @@ class ABSStore(SnapStore):
                 credential={"account_name": self.account, "account_key": self._key},
                 # The SDK's default waits 15 s and more between tries; an unreachable store should
                 # be reported within seconds (our callers retry at their own pace): SDK_ATTEMPTS
-                # tries per request, each bounded by --store-timeout, about 0.5 s apart.
-                retry_policy=LinearRetry(backoff=0.5, retry_total=SDK_ATTEMPTS - 1, random_jitter_range=0.25),
+                # tries per request, each bounded by --store-timeout, about SDK_RETRY_PAUSE apart.
+                retry_policy=LinearRetry(backoff=SDK_RETRY_PAUSE, retry_total=SDK_ATTEMPTS - 1,
+                                         random_jitter_range=SDK_RETRY_PAUSE / 2),
                 connection_timeout=self.connect_timeout,
                 read_timeout=self.request_timeout,
                 max_single_get_size=READ_CHUNK,
@@ -138,10 +135,7 @@ class ABSStore(SnapStore):
         self.container = self.service.get_container_client(self.container_name)
 
     def close(self) -> None:
-        try:
-            self.service.close()
-        except Exception:  # best effort
-            pass
+        self._close_client(self.service)
 
     # -- naming ------------------------------------------------------------------------------
     @property
@@ -192,36 +186,27 @@ class ABSStore(SnapStore):
     def _check(self) -> None:
         self._call("", self.container.get_container_properties)
 
-    def list(self, include_all: bool = False) -> list[Snapshot]:
-        entries = ((key, attrs.as_dict()) for key, attrs in self._list_objects(self.list_root(), include_all))
-        return parse_listing(entries, endpoint=self.display)
-
     def _list_objects(self, prefix: str, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
         include = ["copy", "immutabilitypolicy", "legalhold"]
         if not include_all:
             include.append("tags")
-        try:
-            for blob in self.container.list_blobs(name_starts_with=prefix or None, include=include,
-                                                  results_per_page=LIST_PAGE):
-                # The destination of an unfinished or failed asynchronous copy (by another tool)
-                # exists but is not a whole object.
-                copy = getattr(blob, "copy", None)
-                if copy is not None and copy.status and copy.status != "success":
-                    continue
-                if not include_all and str((blob.tags or {}).get(EXCLUDE_TAG, "")).lower() == "true":
-                    continue
-                yield blob.name, ObjectAttrs(size=blob.size, immutable_until=_immutable_until(blob))
-        except EtcdbrError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, prefix) from exc
+        for blob in self.container.list_blobs(name_starts_with=prefix or None, include=include,
+                                              results_per_page=LIST_PAGE):
+            # The destination of an unfinished or failed asynchronous copy (by another tool)
+            # exists but is not a whole object.
+            copy = getattr(blob, "copy", None)
+            if copy is not None and copy.status and copy.status != "success":
+                continue
+            if not include_all and marked_excluded(blob.tags):
+                continue
+            yield blob.name, ObjectAttrs(size=blob.size, immutable_until=_immutable_until(blob))
 
     # -- reading and deleting ----------------------------------------------------------------
-    def _open_read(self, key: str) -> BinaryIO:
+    def _open_read(self, key: str, version_id: str = "") -> BinaryIO:
         # The first range is fetched here (a missing blob fails now); later ranges are bound to
         # the same ETag, so an overwrite during the read fails instead of mixing two objects.
         downloader = self._call(key, self._blob(key).download_blob, max_concurrency=1)
-        return io.BufferedReader(_Reader(downloader.chunks(), self, key), buffer_size=1024 * 1024)
+        return io.BufferedReader(TranslatingReader(ChunksBody(downloader.chunks()), self, key), buffer_size=1024 * 1024)
 
     def _delete_object(self, key: str, version_id: str = "") -> None:
         self._call(key, self._blob(key).delete_blob, delete_snapshots="include")
@@ -267,7 +252,8 @@ class ABSStore(SnapStore):
     # -- server-side copy --------------------------------------------------------------------
     def copy_from(self, other: SnapStore, src: Snapshot, dst: Snapshot) -> bool:
         """Copy inside the storage service when ``other`` is on the same account; else False."""
-        if not isinstance(other, ABSStore) or other.service_identity != self.service_identity:
+        other = self._peer(other)
+        if other is None:
             return False
         src_key, dst_key = other.object_key(src), self.object_key(dst)
         source = other._blob(src_key)
@@ -297,53 +283,15 @@ class ABSStore(SnapStore):
                                                             source_length=length))
             return block_id
 
-        try:
-            with ThreadPoolExecutor(max(1, self.config.max_parallel_chunk_uploads), thread_name_prefix="block-copy") as pool:
-                block_ids = list(pool.map(stage, ranges))
+        def commit(block_ids: list[str]) -> None:
             self._retrying(dst_key, lambda: target.commit_block_list(
                 block_ids, content_settings=ContentSettings(content_type=CONTENT_TYPE)))
-        except BaseException as exc:
-            try:
-                self._abort_upload(upload)
-            except Exception as cleanup:  # the copy's own failure matters more
-                log.warning("could not discard staged blocks",
-                            extra={"store": self.display, "key": dst_key, "error": str(cleanup)})
-            if isinstance(exc, PermissionDenied):
-                return self._copy_refused(other, src_key, exc.reason)
-            raise
+
+        try:
+            self._in_parts(dst_key, upload, ranges, stage, commit)
+        except PermissionDenied as exc:
+            return self._copy_refused(other, src_key, exc.reason)
         return True
-
-
-class _Reader(io.RawIOBase):
-    """Chunks of a StorageStreamDownloader as a raw stream whose failures are our errors."""
-
-    def __init__(self, chunks, store: ABSStore, key: str) -> None:
-        self._chunks = chunks
-        self._store = store
-        self._key = key
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        while not self._pending:
-            try:
-                chunk = next(self._chunks, None)
-            except Exception as exc:
-                raise self._store._error(exc, self._key) from exc
-            if chunk is None:
-                return 0
-            self._pending = memoryview(chunk)
-        n = min(len(buf), len(self._pending))
-        buf[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def close(self) -> None:
-        self._pending = memoryview(b"")
-        self._chunks = iter(())
-        super().close()
 
 
 def _immutable_until(blob) -> datetime | None:
@@ -358,17 +306,14 @@ def _immutable_until(blob) -> datetime | None:
 
 def _message(exc: HttpResponseError) -> str:
     """The service's one-line reason, without request ids, XML bodies or SAS signatures."""
-    text = str(getattr(exc, "reason", "") or "")
-    raw = str(getattr(exc, "message", "") or exc)
-    first = raw.strip().splitlines()[0] if raw.strip() else ""
-    text = first or text
+    first = first_line(str(getattr(exc, "message", "") or exc))
+    return _unsigned(first or str(getattr(exc, "reason", "") or ""))
+
+
+def _unsigned(text: str) -> str:
+    """``text`` without the signatures of SAS URLs (an error may quote the copy source's URL)."""
     return _SAS_SIGNATURE.sub(r"\1REDACTED", text)
 
 
 def _short(exc: BaseException) -> str:
-    text = _SAS_SIGNATURE.sub(r"\1REDACTED", str(exc))
-    for marker in ("Connection refused", "timed out", "Name or service not known", "Connection reset",
-                   "Remote end closed connection"):
-        if marker in text:
-            return marker.lower()
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return short_reason(exc, clean=_unsigned)

@@ -12,9 +12,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import StoreConfig
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # config imports the provider names from this package
+    from ..config import StoreConfig
 
 
 @dataclass
@@ -38,13 +41,13 @@ class Credentials:
         return tuple(out)
 
 
-def load_credentials(config: StoreConfig, stem: str) -> Credentials | None:
+def load_credentials(config: "StoreConfig", stem: str) -> Credentials | None:
     """Load ``<prefix><stem>_APPLICATION_CREDENTIALS[_JSON]``; None when neither is set."""
     json_var = f"{config.env_prefix}{stem}_APPLICATION_CREDENTIALS_JSON"
     dir_var = f"{config.env_prefix}{stem}_APPLICATION_CREDENTIALS"
     json_path = os.environ.get(json_var)
     if json_path:
-        return Credentials(_read_json(json_path, json_var), [json_path])
+        return Credentials(read_json_file(json_path, json_var), [json_path])
     dir_path = os.environ.get(dir_var)
     if not dir_path:
         return None
@@ -53,7 +56,7 @@ def load_credentials(config: StoreConfig, stem: str) -> Credentials | None:
         raise ConfigError(f"{dir_var} must name a directory of credential files; {dir_path!r} is not one")
     json_files = sorted(directory.glob("*.json"))
     if json_files:
-        return Credentials(_read_json(str(json_files[0]), dir_var), [str(json_files[0])])
+        return Credentials(read_json_file(str(json_files[0]), dir_var), [str(json_files[0])])
     values, sources = {}, []
     for entry in sorted(directory.iterdir()):
         # Kubernetes secret volumes add ..data links and dot-directories; only plain files are keys.
@@ -67,17 +70,18 @@ def load_credentials(config: StoreConfig, stem: str) -> Credentials | None:
     return Credentials(values, sources)
 
 
-def _read_json(path: str, var: str) -> dict:
+def read_json_file(path: str, var: str, what: str = "credentials file") -> dict:
+    """The JSON object in ``path`` (named by the variable ``var``); errors never quote its contents."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"{var}: cannot read credentials file {path!r} ({exc.strerror})") from None
+        raise ConfigError(f"{var}: cannot read {what} {path!r} ({exc.strerror})") from None
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"{var}: credentials file {path!r} is not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
+        raise ConfigError(f"{var}: {what} {path!r} is not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{var}: credentials file {path!r} must hold a JSON object")
+        raise ConfigError(f"{var}: {what} {path!r} must hold a JSON object")
     return data
 
 

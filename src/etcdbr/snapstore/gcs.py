@@ -25,62 +25,37 @@ API shows why. Deleting either kind is answered 403 by GCS and raised as Immutab
 from __future__ import annotations
 
 import base64
-import functools
 import io
-import json
 import logging
-import os
 import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, BinaryIO, Iterator
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
-import google.auth
 import google_crc32c
 import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
-from google.api_core.retry import Retry, retry_target
-from google.cloud.storage.retry import DEFAULT_RETRY
-from google.oauth2 import service_account
-from requests.adapters import HTTPAdapter
 
-from .. import logs
 from ..errors import ConfigError, EtcdbrError, ImmutableObject, ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
-from ..snapshot import Snapshot, parse_listing
-from .base import SDK_ATTEMPTS, ObjectAttrs, SnapStore, TranslatingReader
-from .credentials import Credentials
+from ..snapshot import Snapshot
+from .base import ObjectAttrs, SnapStore
+from .gcsclient import GOOGLE_ENDPOINT, build_client, sdk_retry
+from .objectstore import ObjectStore
+from .providers import CONTENT_TYPE, GCS, HELD_UNTIL, LIST_PAGE, STAGING_DIR, first_line, marked_excluded, short_reason
+from .streams import TranslatingReader
 
 log = logging.getLogger(__name__)
 
-CREDENTIALS_VAR = "GOOGLE_APPLICATION_CREDENTIALS"
-EMULATOR_VAR = "STORAGE_EMULATOR_HOST"
-ENDPOINT_FILE = "storageAPIEndpoint"
-GOOGLE_ENDPOINT = "https://storage.googleapis.com"
-SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
-EMULATOR_PROJECT = "test"
-#: Client() insists on a project; object calls never use it, so any name avoids an ADC lookup.
-PLACEHOLDER_PROJECT = "etcd-backup-restore"
-
-STAGING_DIR = ".etcdbr-staging"
 #: Staging objects untouched for this long belong to an upload that died with its process.
 STALE_STAGING = timedelta(hours=24)
 COMPOSE_LIMIT = 32
-EXCLUDE_KEY = "x-etcd-snapshot-exclude"
-HELD_UNTIL = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
-CONTENT_TYPE = "application/octet-stream"
 READ_CHUNK = 8 * 1024 * 1024
-LIST_PAGE = 1000
-#: Wait between the SDK's tries of one request (api_core's own doubles from 1 s up to a deadline).
-SDK_RETRY_WAIT = 0.5
 DELETE_WORKERS = 8
 
 _IMMUTABLE_MESSAGE = re.compile(r"\bretention\b|\bhold\b|\bretained\b", re.IGNORECASE)
@@ -102,73 +77,26 @@ class _Upload:
     step: int = 0
 
 
-class GCSStore(SnapStore):
-    provider = "GCS"
-    # Composite objects have no component limit today; doubling the part size past ~1250 parts
-    # keeps the number of composes (one per 31 parts) reasonable for very large snapshots.
-    max_parts = 10_000
-    # Compose accepts components of any size.
-    min_part_size = 1
+class GCSStore(ObjectStore):
+    provider = GCS
 
     def __init__(self, config) -> None:
         super().__init__(config)
         self.bucket_name = config.container
         if not self.bucket_name:
             raise ConfigError("GCS needs a bucket: set --store-container (or STORAGE_CONTAINER)")
-        creds_path = config.env(CREDENTIALS_VAR) or ""
-        # The files whose change (secret rotation) makes the base class rebuild this store.
-        watched = [creds_path, str(Path(creds_path).parent / ENDPOINT_FILE)] if creds_path else []
-        self.credentials: Credentials | None = Credentials({}, watched) if creds_path else None
-        emulator = config.env(EMULATOR_VAR) or os.environ.get(EMULATOR_VAR) or ""
-        self.endpoint = _normalise_endpoint(
-            config.endpoint_override or _endpoint_file(creds_path) or (emulator and _with_scheme(emulator)) or ""
-        )
-        anonymous = bool(emulator) or (self.endpoint.startswith("http://") and not creds_path)
-        gcreds, project = self._load_credentials(creds_path, anonymous)
-        options = {"api_endpoint": self.endpoint} if self.endpoint else None
-        try:
-            self.client = storage.Client(project=project, credentials=gcreds, client_options=options)
-        except (ValueError, auth_exceptions.GoogleAuthError) as exc:
-            raise ConfigError(f"{self.display}: cannot set up the GCS client: {exc}") from None
         # The default pool keeps 10 connections; parallel parts plus deletes need more.
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(10, config.max_parallel_chunk_uploads * 2 + DELETE_WORKERS))
-        for scheme in ("https://", "http://"):
-            self.client._http.mount(scheme, adapter)
+        pool_size = max(10, config.max_parallel_chunk_uploads * 2 + DELETE_WORKERS)
+        self.client, self.endpoint, self.credentials = build_client(config, self.display, pool_size)
         self.bucket = self.client.bucket(self.bucket_name)
         #: (connect, read) seconds per HTTP request: --store-timeout.
         self._timeout = (self.connect_timeout, self.request_timeout)
-        self._retry = _CountedRetry(predicate=DEFAULT_RETRY._predicate, timeout=24 * 3600.0)
+        self._retry = sdk_retry()
         self.staging_root = self.list_root() + STAGING_DIR + "/"
         self._upload_url = f"{self.client._connection.API_BASE_URL}/upload/storage/v1/b/{quote(self.bucket_name, safe='')}/o"
 
-    # -- construction ------------------------------------------------------------------------
-    def _load_credentials(self, path: str, anonymous: bool):
-        var = self.config.env_prefix + CREDENTIALS_VAR
-        if anonymous:
-            return AnonymousCredentials(), EMULATOR_PROJECT
-        if path:
-            info = _read_credentials_file(path, var)
-            try:
-                creds = _credentials_from_info(info)
-            except (ValueError, KeyError, TypeError, auth_exceptions.GoogleAuthError) as exc:
-                # The message names the file and what is wrong with it, never its contents.
-                raise ConfigError(f"{var}: cannot load GCS credentials from {path!r}: {_first_line(exc)}") from None
-            return creds, info.get("project_id") or PLACEHOLDER_PROJECT
-        try:
-            creds, project = google.auth.default(scopes=list(SCOPES))
-        except auth_exceptions.DefaultCredentialsError:
-            raise ConfigError(
-                f"{self.display}: no GCS credentials: set {var} to a service-account JSON file "
-                f"(or {EMULATOR_VAR} for an emulator)"
-            ) from None
-        log.info("using application default credentials", extra={"store": self.display})
-        return creds, project or PLACEHOLDER_PROJECT
-
     def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:  # best effort: the pool dies with the process anyway
-            pass
+        self._close_client(self.client)
 
     # -- naming ------------------------------------------------------------------------------
     @property
@@ -192,7 +120,7 @@ class GCSStore(SnapStore):
         if isinstance(exc, api_exceptions.GoogleAPICallError):
             status, message = int(exc.code or 0), exc.message or ""
         elif isinstance(exc, InvalidResponse):
-            status, message = int(getattr(exc.response, "status_code", 0) or 0), _first_line(exc)
+            status, message = int(getattr(exc.response, "status_code", 0) or 0), first_line(exc)
         if status:
             detail = f"HTTP {status}: {message}" if message else f"HTTP {status}"
             if status == 404:
@@ -210,10 +138,10 @@ class GCSStore(SnapStore):
             return StoreError(f"{self.endpoint_display} refused the request: {detail}", endpoint=endpoint, key=key)
         if isinstance(exc, auth_exceptions.RefreshError):
             if getattr(exc, "retryable", False):
-                return StoreUnavailable(f"cannot refresh the access token: {_first_line(exc)}", endpoint=endpoint, key=key)
-            return PermissionDenied(f"credentials refused: {_first_line(exc)}", endpoint=endpoint, key=key)
+                return StoreUnavailable(f"cannot refresh the access token: {first_line(exc)}", endpoint=endpoint, key=key)
+            return PermissionDenied(f"credentials refused: {first_line(exc)}", endpoint=endpoint, key=key)
         if isinstance(exc, auth_exceptions.DefaultCredentialsError):
-            return ConfigError(f"{endpoint}: {_first_line(exc)}")
+            return ConfigError(f"{endpoint}: {first_line(exc)}")
         if isinstance(exc, DataCorruption):
             return StoreUnavailable("checksum mismatch in transfer", endpoint=endpoint, key=key)
         if isinstance(exc, requests.Timeout):
@@ -221,8 +149,8 @@ class GCSStore(SnapStore):
                                     endpoint=endpoint, key=key)
         if isinstance(exc, (requests.RequestException, auth_exceptions.TransportError, api_exceptions.RetryError,
                             ConnectionError, TimeoutError, OSError)):
-            return StoreUnavailable(f"cannot reach {self.endpoint_display}: {_short(exc)}", endpoint=endpoint, key=key)
-        return StoreUnavailable(f"{type(exc).__name__}: {_first_line(exc)}", endpoint=endpoint, key=key)
+            return StoreUnavailable(f"cannot reach {self.endpoint_display}: {short_reason(exc)}", endpoint=endpoint, key=key)
+        return StoreUnavailable(f"{type(exc).__name__}: {first_line(exc)}", endpoint=endpoint, key=key)
 
     # -- listing -----------------------------------------------------------------------------
     def _check(self) -> None:
@@ -238,24 +166,17 @@ class GCSStore(SnapStore):
     def _sweep_leftovers(self) -> None:
         self._sweep_staging()
 
-    def list(self, include_all: bool = False) -> list[Snapshot]:
-        entries = ((key, attrs.as_dict()) for key, attrs in self._list_objects(self.list_root(), include_all))
-        return parse_listing(entries, endpoint=self.display)
-
     def _list_objects(self, prefix: str, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
-        try:
-            blobs = self.client.list_blobs(self.bucket, prefix=prefix, page_size=LIST_PAGE,
-                                           timeout=self._timeout, retry=self._retry)
-            for blob in blobs:
-                if blob.name.startswith(self.staging_root):
-                    continue
-                if not include_all and str((blob.metadata or {}).get(EXCLUDE_KEY, "")).lower() == "true":
-                    continue
-                yield blob.name, ObjectAttrs(size=blob.size, immutable_until=_immutable_until(blob))
-        except EtcdbrError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, listing=True) from exc
+        for blob in self.client.list_blobs(self.bucket, prefix=prefix, page_size=LIST_PAGE,
+                                           timeout=self._timeout, retry=self._retry):
+            if blob.name.startswith(self.staging_root):
+                continue
+            if not include_all and marked_excluded(blob.metadata):
+                continue
+            yield blob.name, ObjectAttrs(size=blob.size, immutable_until=_immutable_until(blob))
+
+    def _listing_error(self, exc: BaseException, prefix: str) -> EtcdbrError:
+        return self._error(exc, listing=True)
 
     def _sweep_staging(self) -> None:
         """Delete the staging objects of uploads that died with their process (best effort)."""
@@ -273,7 +194,7 @@ class GCSStore(SnapStore):
             self._delete_many(stale)
 
     # -- reading and deleting ----------------------------------------------------------------
-    def _open_read(self, key: str) -> BinaryIO:
+    def _open_read(self, key: str, version_id: str = "") -> BinaryIO:
         # Pinning the generation keeps a concurrent overwrite from mixing two objects' bytes.
         blob = self._call(key, self.bucket.get_blob, key, timeout=self._timeout, retry=self._retry)
         if blob is None:
@@ -446,7 +367,8 @@ class GCSStore(SnapStore):
         bucket; when GCS refuses (403), False lets the caller stream the bytes instead. The
         destination appears only when the rewrite is complete.
         """
-        if not isinstance(other, GCSStore) or other.service_identity != self.service_identity:
+        other = self._peer(other)
+        if other is None:
             return False
         src_key, dst_key = other.object_key(src), self.object_key(dst)
         source = self.client.bucket(other.bucket_name).blob(src_key)
@@ -465,26 +387,6 @@ class GCSStore(SnapStore):
         return True
 
 
-class _CountedRetry(Retry):
-    """The SDK's retry of one request (on 429, 5xx, connection errors and timeouts), limited to
-    ``SDK_ATTEMPTS`` tries like the other providers' SDKs: api_core's own ``Retry`` only knows a
-    deadline, so how often it tried depended on how fast each try failed."""
-
-    def __call__(self, func, on_error=None):
-        if self._on_error is not None:
-            on_error = self._on_error
-
-        @functools.wraps(func)
-        def wrapped(*args, **kwargs):
-            # After the last allowed wait, an endless one: retry_target gives up at once (its
-            # deadline cannot be met) and raises RetryError with the last failure as its cause.
-            waits = iter([SDK_RETRY_WAIT] * (SDK_ATTEMPTS - 1) + [float("inf")])
-            return retry_target(functools.partial(func, *args, **kwargs), self._predicate, waits,
-                                timeout=self._timeout, on_error=on_error)
-
-        return wrapped
-
-
 def _immutable_until(blob) -> datetime | None:
     until = blob.retention_expiration_time
     retention = getattr(blob, "retention", None)
@@ -494,97 +396,3 @@ def _immutable_until(blob) -> datetime | None:
     if blob.temporary_hold or blob.event_based_hold:
         return HELD_UNTIL
     return until
-
-
-def _endpoint_file(creds_path: str) -> str:
-    """The Go tool's ``storageAPIEndpoint`` file beside the credentials file, if any."""
-    if not creds_path:
-        return ""
-    path = Path(creds_path).parent / ENDPOINT_FILE
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return ""
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path} ({exc.strerror})") from None
-    parsed = urlparse(text)
-    if text and (not parsed.scheme or not parsed.netloc):
-        raise ConfigError(f"{path} must hold a URL such as https://storage.example.com")
-    return text
-
-
-def _with_scheme(host: str) -> str:
-    # The Go SDK takes STORAGE_EMULATOR_HOST as host:port; the Python one wants a URL.
-    return host if "://" in host else f"http://{host}"
-
-
-def _normalise_endpoint(url: str) -> str:
-    """The Go SDK's endpoints include the JSON API path (``.../storage/v1/``); ours must not."""
-    url = url.strip().rstrip("/")
-    for suffix in ("/storage/v1", "/upload/storage/v1"):
-        if url.endswith(suffix):
-            url = url[: -len(suffix)]
-    return url
-
-
-def _read_credentials_file(path: str, var: str) -> dict:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{var}: cannot read GCS credentials file {path!r} ({exc.strerror})") from None
-    try:
-        info = json.loads(text)
-    except ValueError:
-        raise ConfigError(f"{var}: GCS credentials file {path!r} is not valid JSON") from None
-    if not isinstance(info, dict):
-        raise ConfigError(f"{var}: GCS credentials file {path!r} must hold a JSON object")
-    _register_secrets(info)
-    return info
-
-
-def _credentials_from_info(info: dict):
-    """Credentials of the two kinds the Go tool accepts, built without any network call.
-
-    (google.auth's generic loader resolves an external account's project, which already
-    exchanges a token; and it accepts kinds an operator did not mean to hand us.)
-    """
-    kind = info.get("type")
-    if kind == "service_account":
-        return service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES))
-    if kind == "external_account":
-        source = info.get("credential_source") or {}
-        if str(source.get("environment_id", "")).startswith("aws"):
-            from google.auth import aws as module
-        elif "executable" in source:
-            from google.auth import pluggable as module
-        else:
-            from google.auth import identity_pool as module
-        return module.Credentials.from_info(info, scopes=list(SCOPES))
-    raise ValueError(f"credentials of type {kind!r} are not supported (service_account or external_account)")
-
-
-def _register_secrets(info: dict) -> None:
-    """Mask the private parts of a credentials file in logs, whatever logs them later."""
-    for name in ("private_key", "private_key_id", "client_secret", "refresh_token"):
-        value = info.get(name)
-        if isinstance(value, str):
-            logs.register_secret(value)
-            # A PEM key may surface line by line (e.g. in a parser's error).
-            for line in value.splitlines():
-                if len(line) >= 16 and "-----" not in line:
-                    logs.register_secret(line)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _short(exc: BaseException) -> str:
-    """Connection errors nest causes and repeat URLs; one readable clause is enough."""
-    text = str(exc)
-    for marker in ("Connection refused", "timed out", "Name or service not known", "Connection reset",
-                   "Remote end closed connection"):
-        if marker in text:
-            return marker.lower()
-    return _first_line(exc)

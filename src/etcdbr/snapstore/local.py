@@ -33,18 +33,18 @@ from ..fsutil import fsync_dir
 from ..errors import ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
 from ..snapshot import Snapshot
 from .base import Leftover, ObjectAttrs, SnapStore
+from .providers import LOCAL, STAGING_DIR
 
 log = logging.getLogger(__name__)
 
 COPY_BUFFER = 1024 * 1024
-STAGING_DIR = ".etcdbr-staging"
 STAGING_PREFIX = "upload-"
 #: A staging file not written for this long, whose lock no process holds, is abandoned.
 STALE_STAGING = timedelta(hours=1)
 
 
 class LocalStore(SnapStore):
-    provider = "Local"
+    provider = LOCAL
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -88,14 +88,18 @@ class LocalStore(SnapStore):
             return PermissionDenied(str(exc.strerror), endpoint=self.display, key=key)
         return StoreUnavailable(f"{exc.strerror or exc}", endpoint=self.display, key=key)
 
-    def _check(self) -> None:
+    def check(self, sweep: bool = True) -> None:
         try:
             (self.root / self.prefix).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise self._error(exc, "") from exc
         self._root_seen = self._tree_seen = True
+        if sweep:
+            self._sweep_leftovers()
 
-    def _list_objects(self, prefix: str) -> Iterator[tuple[str, ObjectAttrs]]:
+    def objects(self, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
+        # Nothing hides a file from a listing here: ``include_all`` changes nothing.
+        prefix = self.list_root()
         vanished = self._vanished()
         if vanished is not None:
             raise vanished
@@ -169,6 +173,12 @@ class LocalStore(SnapStore):
             raise
         return total
 
+    def fetch(self, snapshot: Snapshot) -> BinaryIO:
+        return self._open_read(self.object_key(snapshot))
+
+    def delete(self, snapshot: Snapshot) -> None:
+        self._delete_object(self.object_key(snapshot), snapshot.version_id)
+
     def _open_read(self, key: str) -> BinaryIO:
         try:
             return open(self._path(key), "rb")
@@ -190,9 +200,6 @@ class LocalStore(SnapStore):
             except OSError:
                 break
             parent = parent.parent
-
-    def copy_from(self, other: SnapStore, src: Snapshot, dst: Snapshot) -> bool:
-        return False
 
     # -- staging leftovers -------------------------------------------------------------------
     def staging_leftovers(self) -> list[Leftover]:
@@ -234,22 +241,6 @@ class LocalStore(SnapStore):
         if kept:
             log.info("staging files of uploads that may still be running were kept", extra={
                 "store": self.display, "files": kept, "rule": f"removed once unlocked and {STALE_STAGING} old"})
-
-    # Local writes are atomic renames; the multipart primitives are never used.
-    def _put_small(self, key, data):  # pragma: no cover - save() is overridden
-        raise NotImplementedError
-
-    def _begin_upload(self, key):  # pragma: no cover
-        raise NotImplementedError
-
-    def _upload_part(self, upload, number, data):  # pragma: no cover
-        raise NotImplementedError
-
-    def _complete_upload(self, upload, parts):  # pragma: no cover
-        raise NotImplementedError
-
-    def _abort_upload(self, upload):  # pragma: no cover
-        raise NotImplementedError
 
 
 def _locked(path: str | Path) -> bool:

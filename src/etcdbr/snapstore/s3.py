@@ -3,7 +3,7 @@
 Credentials come from ``AWS_APPLICATION_CREDENTIALS[_JSON]`` in the Go tool's layout (see
 compatibility.md §1.3); with neither variable set, boto3's default chain applies (environment,
 shared config, instance or pod identity). Uploads stream in multipart parts through
-:class:`ChunkedUpload`; nothing is spooled to disk.
+:class:`~.objectstore.ChunkedUpload`; nothing is spooled to disk.
 
 Buckets with versioning enabled are listed by version (the oldest version of each key is the
 snapshot, as the Go tool does) so that objects under Object Lock stay visible and are deleted by
@@ -12,25 +12,11 @@ version; a default Object Lock retention gives each snapshot its ``immutable_unt
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
-import os
-import shutil
-import stat
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, Iterator
 
-import boto3
-import botocore.session
-from botocore.config import Config as BotoConfig
-from botocore.credentials import (
-    AssumeRoleWithWebIdentityCredentialFetcher,
-    CredentialProvider,
-    DeferredRefreshableCredentials,
-)
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -44,7 +30,6 @@ from botocore.exceptions import (
     ResponseStreamingError,
     SSLError,
 )
-from botocore.utils import FileWebIdentityTokenLoader
 
 from .. import logs
 from ..errors import (
@@ -56,18 +41,20 @@ from ..errors import (
     StoreError,
     StoreUnavailable,
 )
-from ..snapshot import Snapshot, SnapshotNameError, parse_key, parse_listing
-from .base import SDK_ATTEMPTS, ObjectAttrs, SnapStore, TranslatingReader
-from .credentials import as_bool, load_credentials
+from ..snapshot import Snapshot, SnapshotNameError, parse_key
+from .base import ObjectAttrs, SnapStore
+from .credentials import load_credentials
+from .objectstore import ObjectStore
+from .providers import S3, marked_excluded, short_reason
+from .s3client import build_client, remove_ca_dir
+from .streams import TranslatingReader
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REGION = "us-east-1"
 #: Largest object CopyObject accepts; bigger ones are copied part by part.
 MAX_SINGLE_COPY = 5 * 1024**3
 #: Part size of server-side multipart copies (no data passes through us, so parts can be big).
 COPY_PART_SIZE = 512 * 1024**2
-EXCLUDE_TAG = "x-etcd-snapshot-exclude"
 # Multipart uploads older than this under our prefix were abandoned by a killed process.
 STALE_UPLOAD = timedelta(hours=24)
 
@@ -76,28 +63,17 @@ _DENIED_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "ExpiredToken",
     "InvalidToken", "TokenRefreshRequired", "AccountProblem", "403", "Forbidden",
 }
-_CONNECTION_FAILURES = (
-    ("Connection refused", "connection refused"),
-    ("timed out", "timed out"),
-    ("Name or service not known", "unknown host"),
-    ("Temporary failure in name resolution", "unknown host"),
-    ("Connection reset", "connection reset"),
-    ("No route to host", "no route to host"),
-)
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
     "ServiceUnavailable", "503", "500", "502", "504", "OperationAborted", "RequestLimitExceeded",
 }
 
 
-class S3Store(SnapStore):
-    provider = "S3"
-    max_parts = 10_000
-    min_part_size = 5 * 1024 * 1024
+class S3Store(ObjectStore):
+    provider = S3
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self._ca_dir: str | None = None
         creds = load_credentials(config, "AWS")
         self.credentials = creds
         values = creds.values if creds else {}
@@ -116,106 +92,16 @@ class S3Store(SnapStore):
             }
         elif values.get("sseCustomerAlgorithm"):
             raise ConfigError("S3 credentials set sseCustomerAlgorithm without sseCustomerKey")
-        try:
-            self.client = self._build_client(values, creds is not None)
-        except BaseException:
-            self._remove_ca_dir()
-            raise
-
-    # -- construction ------------------------------------------------------------------------
-    def _build_client(self, values: dict, have_file: bool):
-        session = botocore.session.Session()
-        access_key = str(values.get("accessKeyID") or "")
-        secret = str(values.get("secretAccessKey") or "")
-        if have_file:
-            if access_key and secret:
-                session.set_credentials(access_key, secret)
-            elif values.get("roleARN") and values.get("tokenPath"):
-                self._use_web_identity(session, str(values["roleARN"]), str(values["tokenPath"]))
-            else:
-                raise ConfigError(
-                    "S3 credentials lack accessKeyID and secretAccessKey (or roleARN and tokenPath for web identity)"
-                )
-        region = self.region or session.get_config_variable("region") or DEFAULT_REGION
-        self.region = region
-
-        verify: bool | str | None = None
-        if as_bool(values.get("insecureSkipVerify", False)):
-            verify = False
-        elif values.get("trustedCaCert"):
-            verify = self._write_ca(str(values["trustedCaCert"]))
-
-        options: dict[str, Any] = {
-            # --store-timeout bounds every request; botocore tries each one SDK_ATTEMPTS times.
-            "connect_timeout": self.connect_timeout,
-            "read_timeout": self.request_timeout,
-            "retries": {"mode": "standard", "total_max_attempts": SDK_ATTEMPTS},
-            "max_pool_connections": max(10, self.config.max_parallel_chunk_uploads * 2 + 2),
-            "user_agent_extra": "etcd-backup-restore",
-            "tcp_keepalive": True,
-        }
-        # Every byte we download is checked by us (etcd's SHA-256 trailer, the delta hash, the
-        # copier's SHA-256), so botocore's CRC pass over responses would hash it twice. Uploads
-        # keep their request checksum: the service checks what it received.
-        options["response_checksum_validation"] = "when_required"
-        if self.endpoint_url or as_bool(values.get("s3ForcePathStyle", False)):
-            options["s3"] = {"addressing_style": "path"}
-        for key, option in (("requestChecksumCalculation", "request_checksum_calculation"),
-                            ("responseChecksumValidation", "response_checksum_validation")):
-            if values.get(key):
-                mode = str(values[key]).strip().lower()
-                if mode not in ("when_supported", "when_required"):
-                    raise ConfigError(f"S3 credentials: {key} must be when_supported or when_required, not {mode!r}")
-                options[option] = mode
-        kwargs: dict[str, Any] = {"region_name": region, "config": BotoConfig(**options)}
-        if self.endpoint_url:
-            kwargs["endpoint_url"] = self.endpoint_url
-        if verify is not None:
-            kwargs["verify"] = verify
-        return boto3.Session(botocore_session=session).client("s3", **kwargs)
-
-    def _use_web_identity(self, session, role_arn: str, token_path: str) -> None:
-        """Assume ``role_arn`` with the projected token at ``token_path``, refreshed before expiry."""
-        region = self.region or DEFAULT_REGION
-        fetcher = AssumeRoleWithWebIdentityCredentialFetcher(
-            client_creator=functools.partial(session.create_client, region_name=region),
-            web_identity_token_loader=FileWebIdentityTokenLoader(token_path),
-            role_arn=role_arn,
-            extra_args={"RoleSessionName": "etcd-backup-restore"},
-        )
-        credentials = DeferredRefreshableCredentials(
-            method="assume-role-with-web-identity", refresh_using=fetcher.fetch_credentials
-        )
-        session.get_component("credential_provider").insert_before("env", _FixedProvider(credentials))
-
-    def _write_ca(self, pem: str) -> str:
-        """botocore wants a CA bundle path; keep the PEM in a private directory we remove on close."""
-        base = self.config.temp_dir or None
-        try:
-            if base:
-                os.makedirs(base, mode=0o700, exist_ok=True)
-            self._ca_dir = tempfile.mkdtemp(prefix="etcdbr-s3-ca-", dir=base)
-        except OSError as exc:
-            raise ConfigError(f"--snapstore-temp-directory {base!r}: cannot create a private directory "
-                              f"for the CA bundle ({exc.strerror or exc})") from None
-        os.chmod(self._ca_dir, stat.S_IRWXU)
-        path = os.path.join(self._ca_dir, "ca.pem")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(pem if pem.endswith("\n") else pem + "\n")
-        return path
-
-    def _remove_ca_dir(self) -> None:
-        if self._ca_dir:
-            shutil.rmtree(self._ca_dir, ignore_errors=True)
-            self._ca_dir = None
+        # _ca_dir: the private directory of the CA bundle the client trusts (trustedCaCert), or None.
+        self.client, self.region, self._ca_dir = build_client(
+            values, creds is not None, region=self.region, endpoint_url=self.endpoint_url,
+            connect_timeout=self.connect_timeout, request_timeout=self.request_timeout,
+            pool_size=max(10, config.max_parallel_chunk_uploads * 2 + 2), temp_dir=config.temp_dir)
 
     def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:  # closing is best effort; the pool dies with the process anyway
-            pass
-        self._remove_ca_dir()
+        self._close_client(self.client)
+        remove_ca_dir(self._ca_dir)
+        self._ca_dir = None
 
     # -- naming ------------------------------------------------------------------------------
     @property
@@ -318,10 +204,6 @@ class S3Store(SnapStore):
                 log.warning("could not abort an abandoned multipart upload",
                             extra={"store": self.display, "key": key, "error": str(self._error(exc, key))})
 
-    def list(self, include_all: bool = False) -> list[Snapshot]:
-        entries = ((key, attrs.as_dict()) for key, attrs in self._list_objects(self.list_root(), include_all))
-        return parse_listing(entries, endpoint=self.display)
-
     def _bucket_state(self) -> tuple[bool, timedelta | None]:
         """(versioning enabled, default Object Lock retention). Unknown (no permission) = off."""
         versioned, retention = False, None
@@ -355,17 +237,12 @@ class S3Store(SnapStore):
 
     def _list_objects(self, prefix: str, include_all: bool = True) -> Iterator[tuple[str, ObjectAttrs]]:
         versioned, retention = self._bucket_state()
-        try:
-            if not versioned:
-                for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-                    for obj in page.get("Contents", ()) or ():
-                        yield obj["Key"], ObjectAttrs(size=obj.get("Size"))
-                return
+        if versioned:
             yield from self._list_versions(prefix, retention, include_all)
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, prefix) from exc
+            return
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", ()) or ():
+                yield obj["Key"], ObjectAttrs(size=obj.get("Size"))
 
     def _list_versions(self, prefix: str, retention: timedelta | None, include_all: bool):
         oldest: dict[str, dict] = {}
@@ -401,7 +278,7 @@ class S3Store(SnapStore):
             tags = self.client.get_object_tagging(**kwargs).get("TagSet", [])
         except ClientError:
             return False
-        return any(t.get("Key") == EXCLUDE_TAG and str(t.get("Value")).lower() == "true" for t in tags)
+        return marked_excluded({t.get("Key"): t.get("Value") for t in tags})
 
     def _open_read(self, key: str, version_id: str = "") -> BinaryIO:
         kwargs = {"Bucket": self.bucket, "Key": key}
@@ -417,9 +294,6 @@ class S3Store(SnapStore):
         except Exception as exc:
             raise self._error(exc, key) from exc
         return io.BufferedReader(TranslatingReader(response["Body"], self, key), buffer_size=1024 * 1024)
-
-    def fetch(self, snapshot: Snapshot) -> BinaryIO:
-        return self._open_read(self.object_key(snapshot), snapshot.version_id)
 
     def _delete_object(self, key: str, version_id: str = "") -> None:
         target = {"Bucket": self.bucket, "Key": key}
@@ -498,7 +372,8 @@ class S3Store(SnapStore):
         The copy is made with this store's credentials, so they must be able to read the source
         bucket; when the service refuses (403), False lets the caller fall back to streaming.
         """
-        if not isinstance(other, S3Store) or other.service_identity != self.service_identity:
+        other = self._peer(other)
+        if other is None:
             return False
         src_key, dst_key = other.object_key(src), self.object_key(dst)
         source = {"Bucket": other.bucket, "Key": src_key}
@@ -554,31 +429,8 @@ class S3Store(SnapStore):
                 CopySource=source, CopySourceRange=f"bytes={first}-{last}", **source_sse, **self._sse))
             return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
 
-        try:
-            workers = max(1, self.config.max_parallel_chunk_uploads)
-            with ThreadPoolExecutor(workers, thread_name_prefix="part-copy") as pool:
-                parts = list(pool.map(copy_part, ranges))
-            self._retrying(dst_key, lambda: self._complete_upload(upload, parts))
-        except BaseException:
-            try:
-                self._abort_upload(upload)
-            except Exception as exc:
-                log.warning("could not abort copy", extra={"store": self.display, "key": dst_key, "error": str(exc)})
-            raise
-
-
-class _FixedProvider(CredentialProvider):
-    """Hands botocore credentials we built (web identity from the credentials file)."""
-
-    METHOD = "etcdbr-web-identity"
-    CANONICAL_NAME = "etcdbr-web-identity"
-
-    def __init__(self, credentials) -> None:
-        super().__init__()
-        self._credentials = credentials
-
-    def load(self):
-        return self._credentials
+        self._in_parts(dst_key, upload, ranges, copy_part,
+                       lambda parts: self._retrying(dst_key, lambda: self._complete_upload(upload, parts)))
 
 
 def _is_snapshot_key(key: str) -> bool:
@@ -597,9 +449,4 @@ def _short(exc: BaseException) -> str:
     """botocore connection errors repeat the URL and nest the cause; keep one readable clause."""
     details = getattr(exc, "kwargs", None)
     inner = details.get("error") if isinstance(details, dict) else None
-    text = f"{exc} {inner or ''}"
-    for marker, say in _CONNECTION_FAILURES:
-        if marker in text:
-            return say
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return first
+    return short_reason(exc, detail=str(inner or ""))
