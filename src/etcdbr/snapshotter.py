@@ -27,9 +27,10 @@ from typing import Any, Awaitable, Callable
 
 from croniter import croniter
 
-from . import etcdclient, fullsnapshot, metrics
+from . import fullsnapshot, metrics
 from .config import Config
 from .errors import EtcdbrError
+from .etcd import client as etcdclient
 from .snapshot import Kind, Snapshot, latest_chain, new_snapshot
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def _kind(snap: Snapshot) -> str:
 class Snapshotter:
     """Takes full and delta snapshots of one etcd member into one store.
 
-    ``client_factory()`` returns an ``aetcd.Client`` (or an awaitable of one); by default
+    ``client_factory()`` returns an :class:`etcd.client.EtcdClient` (or an awaitable of one); by default
     ``etcdclient.connect(config.etcd)``. ``clock()`` returns unix seconds.
     """
 

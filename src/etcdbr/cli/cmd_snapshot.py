@@ -87,7 +87,7 @@ async def _defragment_on_schedule(config, snapshotter, stop) -> None:
 
     from croniter import croniter
 
-    from .. import etcdclient
+    from ..etcd import client as etcdclient
 
     log = logging.getLogger(__name__)
     schedule = config.snapshotter.defragmentation_schedule
