@@ -124,9 +124,13 @@ class EtcdClient:
         self._token = resp.token
 
     async def close(self) -> None:
+        """Drop the channel (calls on it fail); never raises, as a broken channel is dropped anyway."""
         channel, self._channel, self._stubs, self._token = self._channel, None, None, None
         if channel is not None:
-            await channel.close()
+            try:
+                await channel.close()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("closing the etcd channel failed", extra={"endpoint": self.endpoint, "error": str(exc)})
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...] | None:
