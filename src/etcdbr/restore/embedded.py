@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import EtcdError, RestoreError
-from .binaries import EtcdRelease
 from ..etcd.blocking import EtcdKV
+from .binaries import EtcdRelease
 
 log = logging.getLogger(__name__)
 
