@@ -374,8 +374,8 @@ def _value(i: int) -> bytes:
 def fill_etcd(endpoint: str, target_db: int, *, prefix: bytes = b"/registry/bench/", window: int = 32) -> dict:
     """Put ~96 KiB values under fresh keys until etcd's db reaches ``target_db`` bytes."""
     import grpc
-    from aetcd.rpc import rpc_pb2 as pb
-    from aetcd.rpc import rpc_pb2_grpc as stubs
+    from etcdbr.etcd import proto as pb
+    from etcdbr.etcd import proto as stubs
 
     ch = grpc.insecure_channel(endpoint.split("://")[-1], options=[("grpc.max_send_message_length", -1)])
     kv, mt = stubs.KVStub(ch), stubs.MaintenanceStub(ch)

@@ -11,8 +11,8 @@
 * :func:`reference_chain` builds (once per test session) a source etcd with >= 20,000 operations
   captured as one full snapshot and several deltas in a Local store, plus the expected dump.
 
-Uses aetcd's generated gRPC stubs with blocking calls; nothing here comes from the code under test
-except the delta encoder and the codecs (the formats the brief fixes).
+Uses the generated etcd API stubs (``etcdbr.etcd.proto``) with blocking calls; nothing else here comes
+from the code under test except the delta encoder and the codecs (the formats the brief fixes).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Iterable
 
 import grpc
-from aetcd.rpc import rpc_pb2 as pb
-from aetcd.rpc import rpc_pb2_grpc as stubs
 
 from etcdbr.compression import compress_bytes, suffix_for
 from etcdbr.config import StoreConfig
 from etcdbr.delta import DeltaEncoder, Event, EventType, KeyValue, go_time_now
+from etcdbr.etcd import proto as pb
+from etcdbr.etcd import proto as stubs
 from etcdbr.snapshot import Kind, Snapshot, new_snapshot
 from etcdbr.snapstore import open_store
 

@@ -26,8 +26,8 @@ from bench.drivers._util import emit, quiet_logs, store_config
 
 def sampler(endpoint: str, snapper, samples: list, stop: threading.Event, period: float = 0.1) -> None:
     import grpc
-    from aetcd.rpc import rpc_pb2 as pb
-    from aetcd.rpc import rpc_pb2_grpc as stubs
+    from etcdbr.etcd import proto as pb
+    from etcdbr.etcd import proto as stubs
 
     ch = grpc.insecure_channel(endpoint.split("://")[-1])
     mt = stubs.MaintenanceStub(ch)

@@ -16,8 +16,8 @@ from bench.drivers._util import emit
 
 def main(args) -> dict:
     import grpc
-    from aetcd.rpc import rpc_pb2 as pb
-    from aetcd.rpc import rpc_pb2_grpc as stubs
+    from etcdbr.etcd import proto as pb
+    from etcdbr.etcd import proto as stubs
 
     ch = grpc.insecure_channel(args.endpoint.split("://")[-1])
     kv = stubs.KVStub(ch)

@@ -22,8 +22,8 @@ from bench.drivers._util import emit, quiet_logs, store_config
 
 async def writer(endpoint: str, stop: asyncio.Event, rate: int) -> int:
     import grpc
-    from aetcd.rpc import rpc_pb2 as pb
-    from aetcd.rpc import rpc_pb2_grpc as stubs
+    from etcdbr.etcd import proto as pb
+    from etcdbr.etcd import proto as stubs
 
     async with grpc.aio.insecure_channel(endpoint.split("://")[-1]) as ch:
         kv = stubs.KVStub(ch)

@@ -22,8 +22,8 @@ import collections
 import time
 
 import grpc
-from aetcd.rpc import rpc_pb2 as pb
-from aetcd.rpc import rpc_pb2_grpc as stubs
+from etcdbr.etcd import proto as pb
+from etcdbr.etcd import proto as stubs
 
 from bench.common import etcd
 

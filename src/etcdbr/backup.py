@@ -23,7 +23,7 @@ from typing import Awaitable, Callable
 
 from croniter import croniter
 
-from . import etcdclient
+from .etcd import client as etcdclient
 from .config import Config
 from .copier import BackupCopier
 from .errors import EtcdbrError

@@ -19,8 +19,8 @@ import snapshot_factory as sf
 from etcdbr.cli.main import cli
 from etcdbr.config import StoreConfig
 from etcdbr.metrics import REGISTRY
-from etcdbr.restore import restorer as restorer_mod
-from etcdbr.restore.etcdkv import EtcdKV, modified_at
+from etcdbr.etcd.blocking import EtcdKV, modified_at
+from etcdbr.restore import replay as replay_mod
 from etcdbr.snapstore import open_store
 from services import S3Server, free_port
 
@@ -254,7 +254,7 @@ def _pipelined_restore(ref, tmp_path):
 def test_replay_resumes_exactly_when_a_guarded_transaction_arrives_out_of_order(ref, tmp_path, monkeypatch):
     # Every 50th guard can never hold, as if its transaction reached etcd before its predecessor:
     # the replay must wait for what is in flight, go on from etcd's revision and stay exact.
-    real = restorer_mod._guard_after
+    real = replay_mod._guard_after
     failed = []
 
     def sometimes_impossible(revision, events):
@@ -263,7 +263,7 @@ def test_replay_resumes_exactly_when_a_guarded_transaction_arrives_out_of_order(
             return modified_at(events[0].kv.key, -1)
         return real(revision, events)
 
-    monkeypatch.setattr(restorer_mod, "_guard_after", sometimes_impossible)
+    monkeypatch.setattr(replay_mod, "_guard_after", sometimes_impossible)
     result, data_dir = _pipelined_restore(ref, tmp_path)
     assert result.exit_code == 0, result.output
     resumed = result.stderr.count("replay resumes after an out-of-order or failed transaction")

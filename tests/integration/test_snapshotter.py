@@ -21,13 +21,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from aetcd import rpc
 
-from etcdbr import etcdclient, metrics
+from etcdbr import metrics
 from etcdbr.compression import decompress_bytes, decompressing_reader
 from etcdbr.config import Config, EtcdConnectionConfig, StoreConfig
 from etcdbr.delta import EventType, decode_delta
 from etcdbr.errors import IntegrityError, StoreUnavailable
+from etcdbr.etcd import client as etcdclient
+from etcdbr.etcd import proto as rpc
 from etcdbr.snapshot import latest_chain
 from etcdbr.snapshotter import Snapshotter, fullsnapshot
 from etcdbr.snapstore import open_store
@@ -147,7 +148,7 @@ class Writer:
                     self.paused.set()
                     await self._resume.wait()
                     continue
-                await self._one(client.kvstub)
+                await self._one(client.kv)
                 await asyncio.sleep(self.pace)
         finally:
             await client.close()
@@ -233,7 +234,7 @@ async def prefill(url: str, count: int, size: int = 200, prefix: bytes = b"pre/"
     try:
         revision = 0
         for i in range(count):
-            resp = await client.kvstub.Put(rpc.PutRequest(key=prefix + b"%05d" % i, value=os.urandom(size)))
+            resp = await client.kv.Put(rpc.PutRequest(key=prefix + b"%05d" % i, value=os.urandom(size)))
             revision = resp.header.revision
         return revision
     finally:
@@ -299,7 +300,7 @@ def test_fence_falls_back_to_the_earlier_revision_and_the_next_delta_repeats(etc
         result = await real_status(client, timeout)
         calls[0] += 1
         if calls[0] % 2 == 1:
-            resp = await client.kvstub.Put(rpc.PutRequest(key=b"racing/%d" % calls[0], value=b"x"))
+            resp = await client.kv.Put(rpc.PutRequest(key=b"racing/%d" % calls[0], value=b"x"))
             writes.append(resp.header.revision)
         return result
 
@@ -390,7 +391,7 @@ def test_compacted_watch_start_leads_to_a_full_snapshot(etcd_factory, tmp_path):
         # while no snapshotter runs, history moves on and is compacted past the full snapshot
         revision = await prefill(etcd.client_url, 10, prefix=b"later/")
         client = etcdclient.connect(config.etcd)
-        await client.compact(revision, physical=True)
+        await etcdclient.compact(client, revision, physical=True)
         await client.close()
         second = Snapshotter(store, config)
         stop = asyncio.Event()
@@ -471,8 +472,8 @@ def test_authenticated_etcd_survives_a_restart_without_a_gap(etcd_factory, tmp_p
         try:
             revision = 0
             for i in range(count):
-                resp = await client.kvstub.Put(rpc.PutRequest(key=prefix + b"%d" % i, value=b"v"),
-                                               metadata=client.metadata)
+                resp = await client.kv.Put(rpc.PutRequest(key=prefix + b"%d" % i, value=b"v"),
+                                           metadata=client.metadata)
                 revision = resp.header.revision
             return revision
         finally:
@@ -696,8 +697,8 @@ def test_snapshot_command_runs_until_sigterm_and_flushes_buffered_events(etcd_fa
 # -- (e) memory stays bounded for a big db ----------------------------------------------------
 _FILL = """
 import asyncio, os, sys
-from aetcd import rpc
-from etcdbr import etcdclient
+from etcdbr.etcd import client as etcdclient
+from etcdbr.etcd import proto as rpc
 from etcdbr.config import EtcdConnectionConfig
 
 async def worker(url, start, count):
@@ -705,7 +706,7 @@ async def worker(url, start, count):
     await client.connect()
     value = os.urandom(1024 * 1024)
     for i in range(start, start + count):
-        await client.kvstub.Put(rpc.PutRequest(key=b"big/%06d" % i, value=value[i % 997:] + value[:i % 997]))
+        await client.kv.Put(rpc.PutRequest(key=b"big/%06d" % i, value=value[i % 997:] + value[:i % 997]))
     await client.close()
 
 async def main(url, total, workers):

@@ -16,13 +16,13 @@ import time
 from datetime import timedelta
 
 import pytest
-from aetcd import rpc
 
-from etcdbr import etcdclient
 from etcdbr.compression import decompress_bytes
 from etcdbr.config import Config, EtcdConnectionConfig, StoreConfig, SyncConfig
 from etcdbr.delta import decode_delta
 from etcdbr.errors import EtcdbrError, StoreUnavailable
+from etcdbr.etcd import client as etcdclient
+from etcdbr.etcd import proto as rpc
 from etcdbr.snapshot import Kind, chain_gaps, latest_chain
 from etcdbr.snapstore import open_store
 from etcdbr.verify import verify_store
@@ -49,8 +49,8 @@ class Writer:
             while not stop.is_set():
                 try:
                     await client.connect()
-                    resp = await client.kvstub.Put(rpc.PutRequest(key=self.prefix + b"k%06d" % n, value=b"v%d" % n),
-                                                   timeout=2)
+                    resp = await client.kv.Put(rpc.PutRequest(key=self.prefix + b"k%06d" % n, value=b"v%d" % n),
+                                               timeout=2)
                     self.revisions.append(resp.header.revision)
                     n += 1
                 except Exception:  # the member may be down in the middle of the test: keep trying

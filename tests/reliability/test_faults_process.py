@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 def _fill(endpoint: str, prefix: bytes, mib: int) -> None:
     """``mib`` MiB of incompressible values, so snapshots are big enough to interrupt."""
-    from aetcd.rpc import rpc_pb2 as pb
+    from etcdbr.etcd import proto as pb
 
     c = sf.Client(endpoint)
     try:

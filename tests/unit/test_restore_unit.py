@@ -19,7 +19,8 @@ from etcdbr.delta import DeltaEncoder, Event, EventType, KeyValue
 from etcdbr.errors import ConfigError, RestoreError
 from etcdbr.restore import DataDirStatus, Initializer, InitStatus, choose_store, select_source, validate_data_dir
 from etcdbr.restore.bbolt import MAGIC, BoltReader, CorruptDB, fnv64a
-from etcdbr.restore.restorer import Chain, Restorer, _group_by_revision, part_dir, swap_in
+from etcdbr.restore.replay import _group_by_revision
+from etcdbr.restore.restorer import Chain, Restorer, part_dir, swap_in
 from etcdbr.snapshot import Kind, new_snapshot
 from etcdbr.snapstore import open_store
 

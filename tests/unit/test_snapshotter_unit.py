@@ -13,12 +13,12 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from aetcd import rpc
 
 from etcdbr.compression import decompress_bytes
 from etcdbr.config import Config, StoreConfig
 from etcdbr.delta import decode_delta
 from etcdbr.errors import EtcdError, IntegrityError, StoreUnavailable
+from etcdbr.etcd import proto as rpc
 from etcdbr.snapshot import Kind, new_snapshot
 from etcdbr.snapshotter import (
     Snapshotter,

@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import EtcdError, RestoreError
+from ..etcd.blocking import EtcdKV
 from .binaries import EtcdRelease
-from .etcdkv import EtcdKV
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _free_ports(n: int) -> list[int]:
 
 def _member_env() -> dict[str, str]:
     # One Go scheduler thread: the replay's transactions are sequential anyway, the member then
-    # applies two pipelined requests in the order they were sent far more often (restorer.py's
+    # applies two pipelined requests in the order they were sent far more often (replay.py's
     # REPLAY_IN_FLIGHT), and it leaves the other cores to the restore itself.
     return dict(os.environ, GOMAXPROCS="1")
 

@@ -51,7 +51,8 @@ from .datadir import check_volume, move_aside, prune_asides, reason_word, rechec
 from .membership import (ClusterView, MemberReplacer, cluster_size, manual_replacement, parse_initial_cluster,
                          probe_peer, wait_for_cluster)
 from .progress import Progress
-from .restorer import Restorer, embedded_limits
+from .replay import embedded_limits
+from .restorer import Restorer
 from .selection import Selection, select_source
 from .validator import DataDirStatus, Validation, validate_data_dir
 

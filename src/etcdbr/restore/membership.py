@@ -46,11 +46,9 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
 
-import grpc
-from aetcd import rpc
-
 from ..config import EtcdConnectionConfig, RestorationConfig
-from ..errors import EtcdbrError, EtcdError, RestoreError
+from ..errors import EtcdError, RestoreError
+from ..etcd import client as etcdclient
 from ..retry import UNLIMITED, Policy, aretry_call
 from .binaries import EtcdRelease
 from .embedded import _free_ports, _tail
@@ -145,28 +143,8 @@ def _member(m) -> Member:
                   is_learner=m.isLearner)
 
 
-def _rpc_text(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.details()} ({exc.code().name})"
-    if isinstance(exc, EtcdbrError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
-async def _call(client, what: str, coro):
-    try:
-        await client.connect()
-        return await coro()
-    except EtcdbrError:
-        raise
-    except Exception as exc:  # grpc, aetcd and OS errors alike: one message naming the endpoint
-        raise EtcdError(f"etcd {client.endpoint}: {what} failed: {_rpc_text(exc)}") from None
-
-
 async def _member_list(client) -> list[Member]:
-    resp = await _call(client, "member list", lambda: client.clusterstub.MemberList(
-        rpc.MemberListRequest(linearizable=True), timeout=CALL_TIMEOUT, metadata=client.metadata))
-    return [_member(m) for m in resp.members]
+    return [_member(m) for m in await etcdclient.member_list(client, timeout=CALL_TIMEOUT)]
 
 
 def _ssl_context(etcd_config: EtcdConnectionConfig) -> ssl.SSLContext:
@@ -205,12 +183,10 @@ def probe_peer(etcd_config: EtcdConnectionConfig, name: str, peer_url: str) -> P
 
 async def _probe_client(etcd_config: EtcdConnectionConfig, endpoint: str
                         ) -> tuple[ClientStatus | None, list | None]:
-    from ..etcdclient import connect, current_revision, status
-
-    client = connect(etcd_config, endpoint)
+    client = etcdclient.connect(etcd_config, endpoint)
     try:
         try:
-            st = await status(client, timeout=PROBE_TIMEOUT)
+            st = await etcdclient.status(client, timeout=PROBE_TIMEOUT)
         except EtcdError as exc:
             log.debug("etcd endpoint does not answer", extra={"endpoint": endpoint, "error": str(exc)})
             return None, None
@@ -218,7 +194,7 @@ async def _probe_client(etcd_config: EtcdConnectionConfig, endpoint: str
         if not st.leader_id:
             return answer, None
         try:  # a leader in its status is only a belief; a linearizable read proves the quorum
-            await current_revision(client, timeout=PROBE_TIMEOUT)
+            await etcdclient.current_revision(client, timeout=PROBE_TIMEOUT)
             return answer, await _member_list(client)
         except EtcdError as exc:
             log.debug("etcd endpoint has no quorum", extra={"endpoint": endpoint, "error": str(exc)})
@@ -320,9 +296,7 @@ class MemberReplacer:
         return asyncio.run(self._run(view))
 
     async def _run(self, view: ClusterView) -> Replacement:
-        from ..etcdclient import connect
-
-        client = connect(self.etcd_config, view.endpoint)
+        client = etcdclient.connect(self.etcd_config, view.endpoint)
         try:
             members = await _member_list(client)
             removed = await self._remove(client, view, members)
@@ -348,8 +322,8 @@ class MemberReplacer:
                                    "never replaces a running member")
         for m in ours:
             try:
-                await self._retrying(client, f"member remove {m.hex_id}", lambda m=m: client.clusterstub.MemberRemove(
-                    rpc.MemberRemoveRequest(ID=m.id), timeout=CALL_TIMEOUT, metadata=client.metadata))
+                await self._retrying(client, f"member remove {m.hex_id}", lambda m=m: etcdclient.member_remove(
+                    client, m.id, timeout=CALL_TIMEOUT))
             except EtcdError as exc:
                 if MEMBER_NOT_FOUND not in str(exc):
                     raise  # otherwise it is gone already
@@ -362,9 +336,8 @@ class MemberReplacer:
         try:
             # Right after a learner was removed, etcd 3.5 answers a member add with "member not
             # found" for a moment.
-            return await self._retrying(client, "member add", lambda: client.clusterstub.MemberAdd(
-                rpc.MemberAddRequest(peerURLs=self.peer_urls, isLearner=True), timeout=CALL_TIMEOUT,
-                metadata=client.metadata), transient=(*TRANSIENT, MEMBER_NOT_FOUND))
+            return await self._retrying(client, "member add", lambda: etcdclient.member_add(
+                client, self.peer_urls, learner=True, timeout=CALL_TIMEOUT), transient=(*TRANSIENT, MEMBER_NOT_FOUND))
         except EtcdError as exc:
             if not removed:
                 raise
@@ -381,7 +354,7 @@ class MemberReplacer:
         def retrying(attempt: int, exc: BaseException, pause: float) -> None:
             log.debug("membership change refused for now; retrying", extra={"what": what, "error": str(exc)})
 
-        return await aretry_call(CHANGE_RETRY, lambda: _call(client, what, call), retry_on=refused_for_now,
+        return await aretry_call(CHANGE_RETRY, call, retry_on=refused_for_now,
                                  on_retry=retrying)
 
     def _initial_cluster(self, added) -> str:
@@ -448,8 +421,7 @@ class MemberReplacer:
                 raise RestoreError(f"etcd joining the cluster as {self.name} exited with code {rc}; last lines of "
                                    f"its log:\n{_tail(log_path)}")
             try:
-                await _call(client, "member promote", lambda: client.clusterstub.MemberPromote(
-                    rpc.MemberPromoteRequest(ID=member_id), timeout=CALL_TIMEOUT, metadata=client.metadata))
+                await etcdclient.member_promote(client, member_id, timeout=CALL_TIMEOUT)
                 return True
             except EtcdError as exc:
                 last = str(exc)
@@ -469,8 +441,7 @@ class MemberReplacer:
         behind, etcd would start on that dir as a learner that nobody promotes."""
         shutil.rmtree(self.data_dir, ignore_errors=True)
         try:
-            await _call(client, "member remove", lambda: client.clusterstub.MemberRemove(
-                rpc.MemberRemoveRequest(ID=member_id), timeout=CALL_TIMEOUT, metadata=client.metadata))
+            await etcdclient.member_remove(client, member_id, timeout=CALL_TIMEOUT)
             log.warning("removed the learner again after the join failed",
                         extra={"member_id": f"{member_id:x}", "error": str(cause)})
         except EtcdError as exc:  # harmless: a learner is no voter, and the next run removes it first

@@ -12,17 +12,12 @@ What a restore promises:
   (the replay writes as no user); it is switched back on before the check above.
 * The full snapshot is restored by the real ``etcdutl snapshot restore`` of the configured etcd
   release, which also checks etcd's SHA-256 trailer (unless ``--skip-hash-check``).
-* Deltas are replayed through a temporary etcd member on the ``.part`` dir, one transaction per
-  source revision, so the restored keyspace has the source's revisions (mod, create, version)
-  and its current revision. After every transaction and every delta the member's revision must
-  equal the source's; anything else is "mismatched event revision" naming the object. Two
-  transactions are kept in flight, the second guarded so that it can only land right after the
-  first (see :meth:`Restorer._replay`).
-* A revision the source wrote in one transaction must land as one revision here too, or every
-  later revision would be off by one. When a revision has more operations than
-  ``--max-txn-ops``, or is larger than ``--max-request-bytes``, the temporary member is restarted
-  with limits just large enough for it (logged as a warning) instead of splitting it; the limits
-  only bind the temporary member, never the cluster that later runs on the data dir.
+* Deltas are replayed through a temporary etcd member on the ``.part`` dir (a one-member copy
+  first when the cluster has several members), one transaction per source revision, so the
+  restored keyspace has the source's revisions and its current revision; :mod:`.replay` holds
+  that engine and what it promises.
+* When the data dir is for a cluster of several members, the replayed db is restored again by
+  ``etcdutl`` for the real cluster, so that no member started here ever talks to the real peers.
 """
 
 from __future__ import annotations
@@ -33,44 +28,23 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
-
-import grpc
 
 from .. import metrics
 from ..config import RestorationConfig
+from ..errors import ConfigError, EtcdbrError, IntegrityError, RestoreError
 from ..fsutil import fsync_dir, fsync_tree
-from ..readahead import ReadAhead
-from ..errors import ConfigError, EtcdbrError, IntegrityError, RestoreError, StoreError
 from ..snapshot import Snapshot, chain_gaps, latest_chain
 from .bbolt import auth_enabled, set_auth_enabled
 from .binaries import EtcdRelease, find_release
 from .embedded import EmbeddedEtcd, EmbeddedLimits
-from .etcdkv import absent, delete_op, modified_at, put_op, rpc_error_text
+from .fetch import fetch_to_file
 from .membership import cluster_size
 from .progress import Progress
+from .replay import DeltaReplay, embedded_limits
 
 log = logging.getLogger(__name__)
-
-COPY_BUFFER = 1024 * 1024
-# Every this many deltas the temporary member is compacted (and defragmented when its db nears
-# the quota), as the Go restorer does, so long chains fit in the embedded quota.
-COMPACT_EVERY = 10
-DEFRAG_THRESHOLD = 0.8
-# Room left in a request for etcd's own envelope around the transaction.
-REQUEST_OVERHEAD = 64 * 1024
-# Delta transactions kept in flight during the replay. All but the first after a pause carry a
-# guard that holds only once their predecessor has applied, so they land in order or not at all
-# (see Restorer._replay). Measured with `bench/probe replay_order` (etcd 3.5.1, GOMAXPROCS=1, fsync
-# off, 2 cores, 20,000 one-put revisions): one at a time 3,830 txn/s; 2 in flight 5,837/s (1 % of
-# the guards failed and were resent); 3 in flight 3,802/s (14 % failed); 4 in flight 3,028/s. etcd
-# starts a goroutine per request, and beyond two the order it applies them in is so often not the
-# order they were sent in that the resends cost more than the overlap gains.
-REPLAY_IN_FLIGHT = 2
 
 
 @dataclass
@@ -84,59 +58,6 @@ class Chain:
     def last_revision(self) -> int:
         return self.deltas[-1].last_revision if self.deltas else self.full.last_revision
 
-
-class CountingReader:
-    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None]) -> None:
-        self.raw = raw
-        self.on_bytes = on_bytes
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        if data:
-            self.on_bytes(len(data))
-        return data
-
-    def close(self) -> None:
-        self.raw.close()
-
-
-def _decompressing(raw: BinaryIO, snapshot: Snapshot) -> BinaryIO:
-    from ..compression import decompressing_reader
-
-    try:
-        return decompressing_reader(raw, snapshot.compression_suffix)
-    except EtcdbrError:
-        raise
-    except Exception as exc:  # unknown suffix and friends
-        raise IntegrityError(f"{snapshot.key}: cannot decompress ({exc})") from exc
-
-
-def fetch_to_file(store, snapshot: Snapshot, path: Path, on_bytes: Callable[[int], None] = lambda n: None) -> int:
-    """Fetch, decompress by suffix and write one snapshot to ``path`` (created 0600)."""
-    where = f"{store.display} object {snapshot.key}"
-    raw = ReadAhead(store.fetch(snapshot))
-    total = 0
-    try:
-        reader = _decompressing(CountingReader(raw, on_bytes), snapshot)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                while True:
-                    try:
-                        chunk = reader.read(COPY_BUFFER)
-                    except (StoreError, IntegrityError):
-                        raise
-                    except Exception as exc:  # corrupt compressed data surfaces as codec errors
-                        raise IntegrityError(f"{where}: cannot decompress: {exc}") from exc
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    total += len(chunk)
-        except OSError as exc:  # a full or read-only temp dir: say which file, not "internal error"
-            raise RestoreError(f"{where}: cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        raw.close()
-    return total
 
 
 def _work_dir(temp_root: str) -> tuple[Path, bool]:
@@ -186,50 +107,6 @@ def swap_in(part: Path, data_dir: str | Path, why: str = "replaced") -> Path | N
     return aside
 
 
-def _group_by_revision(events) -> list[tuple[int, list]]:
-    groups: list[tuple[int, list]] = []
-    for ev in events:
-        rev = ev.kv.mod_revision
-        if groups and groups[-1][0] == rev:
-            groups[-1][1].append(ev)
-        else:
-            groups.append((rev, [ev]))
-    return groups
-
-
-def _ops(events) -> list:
-    from ..delta import EventType
-
-    ops = []
-    for ev in events:
-        if ev.type == EventType.DELETE:
-            ops.append(delete_op(ev.kv.key))
-        else:  # a lease is a property of the source cluster's clients: it is dropped, as in Go
-            ops.append(put_op(ev.kv.key, ev.kv.value))
-    return ops
-
-
-def _guard_after(revision: int, events):
-    """A compare that is false before ``revision`` (holding ``events``) is applied and true right
-    after it: a key it puts was last modified at ``revision``, or a key it deletes is absent."""
-    from ..delta import EventType
-
-    for ev in events:
-        if ev.type != EventType.DELETE:
-            return modified_at(ev.kv.key, revision)
-    return absent(events[0].kv.key)
-
-
-def embedded_limits(cfg: RestorationConfig) -> EmbeddedLimits:
-    return EmbeddedLimits(
-        quota_bytes=cfg.embedded_etcd_quota_bytes,
-        max_request_bytes=cfg.max_request_bytes,
-        max_txn_ops=cfg.max_txn_ops,
-        max_send_bytes=max(cfg.max_call_send_message_size, cfg.max_request_bytes + REQUEST_OVERHEAD),
-        auto_compaction_mode=cfg.auto_compaction_mode,
-        auto_compaction_retention=cfg.auto_compaction_retention,
-    )
-
 
 class Restorer:
     """Restore one store's latest chain into a data dir. Synchronous and blocking."""
@@ -240,7 +117,6 @@ class Restorer:
         self.config = config
         self.progress = progress or Progress()
         self._release = release
-        self._next_guard = None  # see _replay
         # etcd authentication in the full snapshot (None: not looked at yet); when on, the replay
         # runs with it switched off in the restored db, and ``auth_switched_off`` says so
         self.source_auth: bool | None = None
@@ -481,239 +357,13 @@ class Restorer:
 
         return read_etcd_db(target / "member" / "snap" / "db").revision
 
-    # -- deltas ------------------------------------------------------------------------------
+    # -- deltas (the engine is in .replay) -----------------------------------------------------
     def _limits(self) -> EmbeddedLimits:
         return embedded_limits(self.config)
 
-    def _fetch_delta(self, delta: Snapshot, path: Path) -> Path:
-        fetch_to_file(self.store, delta, path)
-        return path
-
-    def _prepare_delta(self, fetched: Future, where: str) -> list[tuple[int, int, list, object]]:
-        """Wait for a fetched delta, verify and decode it, and turn it into one (revision, event
-        count, ops, guard) per revision. Runs in a thread of its own, one delta ahead of the replay."""
-        from ..delta import decode_delta
-
-        try:
-            path = fetched.result()
-        except IntegrityError as exc:
-            raise RestoreError(f"delta snapshot {where}: {exc}") from exc
-        payload = path.read_bytes()
-        path.unlink(missing_ok=True)
-        try:
-            events = decode_delta(payload)
-        except IntegrityError as exc:
-            raise RestoreError(f"delta snapshot {where} failed verification: {exc}") from exc
-        del payload
-        return [(rev, len(group), _ops(group), _guard_after(rev, group)) for rev, group in _group_by_revision(events)]
-
     def _apply_deltas(self, member: EmbeddedEtcd, deltas: list[Snapshot], work: Path) -> int:
-        assert member.client is not None
-        revision = member.client.revision()
-        self._next_guard = None  # nothing replayed yet: the first revision goes alone
-        if not deltas:
-            return revision
-        total = len(deltas)
-        window = max(1, min(self.config.max_fetchers, total))
-        self.progress.info("fetching", deltas=total, parallel=window, store=self.store.display)
-        self.progress.start_deltas(total)
-        pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="delta-fetch")
-        # Decoding (JSON, base64) is most of the replay's own CPU: done for the next delta while
-        # the current one is replayed, it overlaps the wait for etcd. One ahead bounds memory.
-        decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-decode")
-        pending: dict[int, Future] = {}
-        prepared: Future | None = None
-
-        def where_of(i: int) -> str:
-            return f"{self.store.display} object {deltas[i].key}"
-
-        try:
-            # A bounded look-ahead: at most ``window`` deltas are downloaded and not yet applied.
-            for i in range(window):
-                pending[i] = pool.submit(self._fetch_delta, deltas[i], work / f"delta-{i:06d}")
-            prepared = decoder.submit(self._prepare_delta, pending.pop(0), where_of(0))
-            for i, delta in enumerate(deltas):
-                where = where_of(i)
-                groups = prepared.result()
-                if i + window < total:
-                    pending[i + window] = pool.submit(self._fetch_delta, deltas[i + window],
-                                                      work / f"delta-{i + window:06d}")
-                prepared = (decoder.submit(self._prepare_delta, pending.pop(i + 1), where_of(i + 1))
-                            if i + 1 < total else None)
-                if not self.progress.interactive:
-                    self.progress.delta_done(i + 1, total, snapshot=delta.snap_name, revision=delta.last_revision)
-                revision = self._apply_one(member, delta, groups, revision, first=i == 0, where=where)
-                del groups
-                if self.progress.interactive:
-                    self.progress.delta_done(i + 1, total, revision=revision)
-                if (i + 1) % COMPACT_EVERY == 0 and i + 1 < total:
-                    self._maintain(member, revision)
-        finally:
-            for fut in pending.values():
-                fut.cancel()
-            if prepared is not None:
-                prepared.cancel()
-            decoder.shutdown(wait=True, cancel_futures=True)
-            pool.shutdown(wait=True, cancel_futures=True)
-            self.progress.close()
-        return revision
-
-    def _apply_one(self, member: EmbeddedEtcd, delta: Snapshot, prepared: list, revision: int, *, first: bool,
-                   where: str) -> int:
-        if delta.last_revision <= revision:
-            log.info("skipping delta already contained in the restored data", extra={
-                "snapshot": delta.snap_name, "revision": revision})
-            return revision
-        skipped = 0
-        groups: list[tuple[int, list, object]] = []
-        for group_rev, count, ops, guard in prepared:
-            if group_rev <= revision:
-                skipped += count
-                continue
-            expected = revision + len(groups) + 1
-            if group_rev != expected:
-                raise RestoreError(f"mismatched event revision in delta snapshot {where}: next event is at "
-                                   f"revision {group_rev} but the restored data is at revision {expected - 1}")
-            groups.append((group_rev, ops, guard))
-        if groups:
-            revision = self._replay(member, groups, revision, where)
-        if skipped and not first:
-            log.warning("delta overlaps revisions already restored; skipped those events",
-                        extra={"snapshot": delta.snap_name, "events": skipped})
-        assert member.client is not None
-        actual = member.client.revision()
-        if actual != delta.last_revision:
-            raise RestoreError(f"mismatched event revision after delta snapshot {where}: etcd is at revision "
-                               f"{actual}, the snapshot ends at revision {delta.last_revision}")
-        return actual
-
-    def _replay(self, member: EmbeddedEtcd, groups: list[tuple[int, list, object]], revision: int,
-                where: str) -> int:
-        """Apply ``groups`` (consecutive revisions after ``revision``: ops, guard) as one
-        transaction each, up to REPLAY_IN_FLIGHT at a time; returns the revision reached.
-
-        Each pipelined transaction carries the guard of the revision before it, so it applies
-        only right after its predecessor; one that arrives first fails its compare, writes
-        nothing and consumes no revision. A transaction is never sent again before its previous
-        attempt is known to have failed, so none applies twice. After a failure everything in
-        flight is awaited, the replay continues from the revision etcd reports, and the next
-        revision goes alone through :meth:`_apply_revision` (which handles quota and limits), so
-        the replay always makes progress or stops with that revision's error.
-        """
-        first = groups[0][0]
-        guard = self._next_guard  # holds once ``revision`` is applied (None: unknown)
-        inflight: deque = deque()
-        i = 0
-        while i < len(groups) or inflight:
-            while i < len(groups) and len(inflight) < REPLAY_IN_FLIGHT:
-                rev, ops, after = groups[i]
-                if guard is None or self._limit_changes(member, ops):
-                    if inflight:
-                        break  # goes alone, once the ones in flight have landed
-                    revision = self._apply_revision(member, rev, ops, where)
-                else:  # member.client afresh each time: a restart for larger limits replaces it
-                    assert member.client is not None
-                    inflight.append((rev, member.client.txn_future(ops, [guard])))
-                guard = after
-                i += 1
-            if not inflight:
-                continue
-            rev, future = inflight.popleft()
-            try:
-                resp = future.result()
-                applied = resp.succeeded
-            except grpc.RpcError:
-                applied = False
-            if applied:
-                if resp.header.revision != rev:
-                    raise RestoreError(f"mismatched event revision in delta snapshot {where}: applying revision "
-                                       f"{rev} left etcd at revision {resp.header.revision}")
-                revision = rev
-                continue
-            for _, other in inflight:
-                try:
-                    other.result()
-                except grpc.RpcError:
-                    pass
-            inflight.clear()
-            assert member.client is not None
-            reached = member.client.revision()
-            if not revision <= reached <= groups[i - 1][0]:
-                raise RestoreError(f"mismatched event revision in delta snapshot {where}: etcd is at revision "
-                                   f"{reached} while revisions {revision + 1}-{groups[i - 1][0]} were being applied")
-            log.debug("replay resumes after an out-of-order or failed transaction",
-                      extra={"revision": reached, "failed": rev})
-            revision = reached
-            i = reached - first + 1
-            guard = None
-        self._next_guard = guard
-        return revision
-
-    def _limit_changes(self, member: EmbeddedEtcd, ops: list) -> dict:
-        """The temporary member's limits one revision's txn would exceed (empty: it fits)."""
-        from aetcd.rpc import rpc_pb2 as pb
-
-        lim = member.limits
-        changes = {}
-        if len(ops) > lim.max_txn_ops:
-            changes["max_txn_ops"] = len(ops)
-        approx = sum(len(op.request_put.key) + len(op.request_put.value) + len(op.request_delete_range.key) + 16
-                     for op in ops)
-        if approx + REQUEST_OVERHEAD > lim.max_request_bytes * 0.5:
-            size = pb.TxnRequest(success=ops).ByteSize()
-            if size + REQUEST_OVERHEAD > lim.max_request_bytes:
-                changes["max_request_bytes"] = size + REQUEST_OVERHEAD
-                changes["max_send_bytes"] = max(lim.max_send_bytes, size + 2 * REQUEST_OVERHEAD)
-        return changes
-
-    def _fit(self, member: EmbeddedEtcd, rev: int, ops: list) -> None:
-        """Raise the temporary member's limits when one revision would not fit in one txn."""
-        changes = self._limit_changes(member, ops)
-        if changes:
-            log.warning("revision does not fit the temporary etcd's limits; restarting it with larger ones so that "
-                        "it lands as one revision", extra={"revision": rev, "ops": len(ops), **changes})
-            member.restart(**changes)
-
-    def _apply_revision(self, member: EmbeddedEtcd, rev: int, ops: list, where: str) -> int:
-        self._fit(member, rev, ops)
-        for attempt in (1, 2):
-            assert member.client is not None
-            try:
-                resp = member.client.txn(ops)
-                break
-            except grpc.RpcError as exc:
-                text = rpc_error_text(exc)
-                if "space exceeded" in text and attempt == 1:
-                    log.warning("temporary etcd ran out of quota; compacting and defragmenting",
-                                extra={"revision": rev - 1})
-                    self._maintain(member, rev - 1, force_defrag=True)
-                    continue
-                if "space exceeded" in text:
-                    raise RestoreError(f"replaying revision {rev} of delta snapshot {where} failed: the temporary "
-                                       f"etcd's quota (--embedded-etcd-quota-bytes={member.limits.quota_bytes}) is "
-                                       f"too small for the restored data") from exc
-                if "user name is empty" in text or "permission denied" in text.lower():
-                    raise RestoreError(f"cannot replay {where}: the restored data has etcd authentication enabled "
-                                       f"({text})") from exc
-                raise RestoreError(f"replaying revision {rev} of delta snapshot {where} failed: {text}") from exc
-        if resp.header.revision != rev:
-            raise RestoreError(f"mismatched event revision in delta snapshot {where}: applying revision {rev} "
-                               f"left etcd at revision {resp.header.revision}")
-        return rev
-
-    def _maintain(self, member: EmbeddedEtcd, revision: int, force_defrag: bool = False) -> None:
-        client = member.client
-        assert client is not None
-        try:
-            client.compact(revision, physical=True)
-        except EtcdbrError as exc:
-            if "compacted" not in str(exc):
-                raise
-        size = client.status().dbSize
-        if force_defrag or size > DEFRAG_THRESHOLD * member.limits.quota_bytes:
-            log.info("defragmenting the temporary etcd", extra={"db_size": size})
-            client.defragment(timeout=600)
-            client.disarm_nospace()
+        return DeltaReplay(self.store, member, max_fetchers=self.config.max_fetchers,
+                           progress=self.progress).run(deltas, work)
 
 
 def _etcdutl_error(text: str) -> str:

@@ -33,11 +33,11 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from .. import etcdclient
 from ..backup import BackupRunner
 from ..config import Config
 from ..copier import BackupCopier
 from ..errors import ConfigError, EtcdbrError, EtcdError
+from ..etcd import client as etcdclient
 from ..logs import redact
 from ..snapshotter import Snapshotter
 from ..snapstore import open_stores
@@ -150,18 +150,14 @@ class BackupServer:
 
     async def cluster_endpoints(self) -> list[str]:
         """Client URLs of every member (for defragmentation), or ``--endpoints`` if unknown."""
-        from aetcd import rpc
-
         client = self._etcd_client()
         try:
-            await client.connect()
-            resp = await client.clusterstub.MemberList(
-                rpc.MemberListRequest(), timeout=self.config.etcd.connection_timeout.total_seconds(),
-                metadata=client.metadata)
+            members = await etcdclient.member_list(client, linearizable=False,
+                                                   timeout=self.config.etcd.connection_timeout.total_seconds())
         except Exception as exc:  # noqa: BLE001 - fall back to what we were told
             log.debug("member list failed; defragmenting --endpoints", extra={"error": redact(str(exc))})
             return list(self.config.etcd.endpoints)
-        urls = [m.clientURLs[0] for m in resp.members if m.clientURLs]
+        urls = [m.clientURLs[0] for m in members if m.clientURLs]
         return urls or list(self.config.etcd.endpoints)
 
     # -- leadership ----------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Awaitable, Callable
 
-from .. import etcdclient, metrics
+from .. import metrics
+from ..etcd import client as etcdclient
 from ..delta import DeltaEncoder, Event, EventType, KeyValue, format_go_time
 from ..retry import UNLIMITED, Policy
 

@@ -17,8 +17,8 @@ import queue
 from dataclasses import dataclass
 from typing import AsyncIterator, BinaryIO, Callable
 
-from .. import etcdclient
 from ..errors import EtcdError, IntegrityError
+from ..etcd import client as etcdclient
 
 log = logging.getLogger("etcdbr.snapshotter")
 

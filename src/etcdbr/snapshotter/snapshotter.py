@@ -14,7 +14,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-from .. import etcdclient, metrics
+from .. import metrics
+from ..etcd import client as etcdclient
 from ..compression import compressing_reader, suffix_for
 from ..config import Config
 from ..errors import EtcdbrError
@@ -42,7 +43,7 @@ def _kind(snap: Snapshot) -> str:
 class Snapshotter:
     """Takes full and delta snapshots of one etcd member into one store.
 
-    ``client_factory()`` returns an ``aetcd.Client`` (or an awaitable of one); by default
+    ``client_factory()`` returns an :class:`etcd.client.EtcdClient` (or an awaitable of one); by default
     ``etcdclient.connect(config.etcd)``. ``clock()`` returns unix seconds.
     """
 
