@@ -86,7 +86,8 @@ def main() -> int:
         if not args.no_writes:
             writer = (
                 "i=0; while true; do i=$((i+1)); "
-                f"{etcdctl} --endpoints={endpoint} put demo/key-$((i % 50)) value-$i >/dev/null || exit 0; sleep 0.5; done"
+                f"{etcdctl} --endpoints={endpoint} put demo/key-$((i % 50)) value-$i >/dev/null || exit 0; "
+                "sleep 0.5; done"
             )
             procs.append(subprocess.Popen(["bash", "-c", writer]))
         server = subprocess.Popen([

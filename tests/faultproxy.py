@@ -203,7 +203,8 @@ class FaultProxy:
         """Delay each forwarded chunk, in either direction, by ``seconds``."""
         self._set(name="latency", delay=float(seconds))
 
-    def cut_after(self, nbytes: int, direction: str = UP, *, reset: bool = False, connections: int | None = None) -> None:
+    def cut_after(self, nbytes: int, direction: str = UP, *, reset: bool = False,
+                  connections: int | None = None) -> None:
         """Forward ``nbytes`` of each connection in ``direction`` (``up`` = client to server, ``down``
         or ``both``), then close both sides of it - with RST if ``reset``. Counting starts at this
         call for live connections. ``connections`` limits how many connections get cut; after

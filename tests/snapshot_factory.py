@@ -127,6 +127,31 @@ def _value(rng: random.Random) -> bytes:
     return (f"v{rng.getrandbits(32):08x}-" * rng.randint(1, 6)).encode()
 
 
+def _random_request(c: Client, rng: random.Random, keys: list[bytes], new_key, leases: list[int]):
+    """One request of the workload's mix, as (method, request)."""
+    roll = rng.random()
+    if roll < 0.40 or len(keys) < 50:
+        return c.kv.Put, pb.PutRequest(key=new_key(), value=_value(rng))
+    if roll < 0.60:
+        return c.kv.Put, pb.PutRequest(key=rng.choice(keys), value=_value(rng))
+    if roll < 0.70:
+        return c.kv.DeleteRange, pb.DeleteRangeRequest(key=rng.choice(keys))
+    if roll < 0.73:
+        k = rng.choice(keys)
+        return c.kv.DeleteRange, pb.DeleteRangeRequest(key=k, range_end=k[:-1] + bytes([k[-1] + 1])
+                                                       if k[-1] < 255 else ALL)
+    if roll < 0.88:
+        chosen = {rng.choice(keys) for _ in range(rng.randint(2, 6))} | {new_key()}
+        ops_ = []
+        for k in chosen:
+            if rng.random() < 0.25:
+                ops_.append(pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=k)))
+            else:
+                ops_.append(pb.RequestOp(request_put=pb.PutRequest(key=k, value=_value(rng))))
+        return c.kv.Txn, pb.TxnRequest(success=ops_)
+    return c.kv.Put, pb.PutRequest(key=new_key(), value=_value(rng), lease=rng.choice(leases))
+
+
 def run_workload(endpoint: str, ops: int, *, seed: int = 1, prefix: bytes = b"w/", window: int = 128,
                  big_txn_ops: int = 0) -> int:
     """Issue ``ops`` requests (each one revision at most) with up to ``window`` in flight.
@@ -161,28 +186,7 @@ def run_workload(endpoint: str, ops: int, *, seed: int = 1, prefix: bytes = b"w/
             c.kv.Put(pb.PutRequest(key=new_key(), value=_value(rng), lease=doomed_lease), timeout=30)
             sent += 1
         for i in range(ops - sent - (1 if big_txn_ops else 0) - 1):
-            roll = rng.random()
-            if roll < 0.40 or len(keys) < 50:
-                send(c.kv.Put, pb.PutRequest(key=new_key(), value=_value(rng)))
-            elif roll < 0.60:
-                send(c.kv.Put, pb.PutRequest(key=rng.choice(keys), value=_value(rng)))
-            elif roll < 0.70:
-                send(c.kv.DeleteRange, pb.DeleteRangeRequest(key=rng.choice(keys)))
-            elif roll < 0.73:
-                k = rng.choice(keys)
-                send(c.kv.DeleteRange, pb.DeleteRangeRequest(key=k, range_end=k[:-1] + bytes([k[-1] + 1])
-                                                             if k[-1] < 255 else ALL))
-            elif roll < 0.88:
-                chosen = {rng.choice(keys) for _ in range(rng.randint(2, 6))} | {new_key()}
-                ops_ = []
-                for k in chosen:
-                    if rng.random() < 0.25:
-                        ops_.append(pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=k)))
-                    else:
-                        ops_.append(pb.RequestOp(request_put=pb.PutRequest(key=k, value=_value(rng))))
-                send(c.kv.Txn, pb.TxnRequest(success=ops_))
-            else:
-                send(c.kv.Put, pb.PutRequest(key=new_key(), value=_value(rng), lease=rng.choice(leases)))
+            send(*_random_request(c, rng, keys, new_key, leases))
             sent += 1
             if i == ops // 2:
                 for f in in_flight:

@@ -19,14 +19,14 @@ import logging
 import signal
 import time
 from datetime import datetime
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 from croniter import croniter
 
-from .etcd import client as etcdclient
 from .config import Config
 from .copier import BackupCopier
 from .errors import EtcdbrError
+from .etcd import client as etcdclient
 from .gc import GarbageCollector
 from .logs import redact
 from .retry import UNLIMITED, any_failure, aretry_call, wait_unless_stopped
@@ -82,7 +82,7 @@ class BackupRunner:
                             "secondary-gc")
         self._spawn(self._defragment_on_schedule(), "defragmentation")
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self.tasks.append(task)
         return task

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import io
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 # ISA-L's deflate writes and reads the same gzip/zlib streams as zlib (and Go) at several times
 # zlib's speed; see the levels below.
@@ -21,6 +21,12 @@ from isal import isal_zlib as deflate
 
 from .errors import ConfigError, IntegrityError, not_installed
 from .lzw import LZWCompressor, LZWDecompressor, LZWError
+
+if TYPE_CHECKING:
+    from .snapstore.streams import ByteStream
+
+# isal's stub declares ``error`` an Exception instance; it is the exception class.
+_DeflateError = cast(type[Exception], deflate.error)
 
 __all__ = [
     "Compression",
@@ -231,7 +237,7 @@ class _InflateDecoder(_Decoder):
             self._d = deflate.decompressobj(self._wbits)
         try:
             out = self._d.decompress(data, _INFLATE_MAX_OUT)
-        except deflate.error as e:
+        except _DeflateError as e:
             raise IntegrityError(f"corrupt {self._name} stream: {e}") from e
         self._after_step()
         return out
@@ -248,7 +254,7 @@ class _InflateDecoder(_Decoder):
             return b""
         try:
             out = self._d.flush()
-        except deflate.error as e:
+        except _DeflateError as e:
             raise IntegrityError(f"corrupt {self._name} stream: {e}") from e
         if not self._d.eof:
             raise IntegrityError(f"truncated {self._name} stream")
@@ -410,7 +416,7 @@ class _ChunkReader(io.BufferedIOBase):
         super().close()
 
 
-def _read_source(raw: BinaryIO, n: int) -> bytes:
+def _read_source(raw: ByteStream, n: int) -> bytes:
     data = raw.read(n)
     if data is None:
         raise BlockingIOError("source returned no data (non-blocking streams are not supported)")
@@ -418,7 +424,7 @@ def _read_source(raw: BinaryIO, n: int) -> bytes:
 
 
 class _CompressingReader(_ChunkReader):
-    def __init__(self, raw: BinaryIO, policy: Compression | None, level: int | None) -> None:
+    def __init__(self, raw: ByteStream, policy: Compression | None, level: int | None) -> None:
         super().__init__()
         self._raw = raw
         self._comp = make_compressor(policy, level)
@@ -437,7 +443,7 @@ class _CompressingReader(_ChunkReader):
 
 
 class _DecompressingReader(_ChunkReader):
-    def __init__(self, raw: BinaryIO, suffix: str) -> None:
+    def __init__(self, raw: ByteStream, suffix: str) -> None:
         super().__init__()
         self.policy = policy_for_suffix(suffix)
         self._raw = raw
@@ -465,7 +471,7 @@ class _DecompressingReader(_ChunkReader):
 
 
 def compressing_reader(
-    raw: BinaryIO, policy: str | Compression | None, *, level: int | None = None
+    raw: ByteStream, policy: str | Compression | None, *, level: int | None = None
 ) -> BinaryIO:
     """A readable file object yielding ``raw`` compressed with ``policy`` (pulled on demand).
 
@@ -475,7 +481,7 @@ def compressing_reader(
     return _CompressingReader(raw, normalize_policy(policy), level)  # type: ignore[return-value]
 
 
-def decompressing_reader(raw: BinaryIO, suffix: str) -> BinaryIO:
+def decompressing_reader(raw: ByteStream, suffix: str) -> BinaryIO:
     """A readable file object yielding the decompressed bytes of ``raw``, codec chosen by suffix.
 
     Raises :class:`IntegrityError` for an unknown suffix (immediately) and for corrupt or

@@ -6,6 +6,8 @@ request (missing object, wrong credentials, locked object) that a retry cannot c
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EtcdbrError(Exception):
     """Root of every error this tool raises on purpose."""
@@ -63,6 +65,10 @@ class RevisionGap(IntegrityError):
 
 class EtcdError(EtcdbrError):
     """etcd could not be reached or refused an operation."""
+
+    #: The gRPC status behind the error (a ``grpc.StatusCode``), when there was one: it tells an
+    #: expired auth token (reconnect) from an unreachable member.
+    grpc_code: Any = None
 
 
 class RestoreError(EtcdbrError):

@@ -118,7 +118,8 @@ def read_member_identity() -> MemberIdentity | None:
 
 #: etcd config key -> our Config attribute (under ``restoration``)
 _DESTS = {"name": "name", "data-dir": "data_dir", "initial-cluster": "initial_cluster",
-          "initial-cluster-token": "initial_cluster_token", "initial-advertise-peer-urls": "initial_advertise_peer_urls"}
+          "initial-cluster-token": "initial_cluster_token",
+          "initial-advertise-peer-urls": "initial_advertise_peer_urls"}
 
 
 def apply_member_identity(config) -> MemberIdentity | None:

@@ -27,7 +27,7 @@ def fsync_tree(path: Path | str) -> None:
     member) is only in the page cache until this; it must be durable before it replaces a
     member's data dir, or a power loss right after the swap could leave a torn db behind.
     """
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         for name in files:
             fd = os.open(os.path.join(root, name), os.O_RDONLY)
             try:

@@ -225,7 +225,7 @@ def plan_gc(
     else:
         full_gone = exponential_deletions(fulls, now)
         reason = "exponential retention"
-    doomed_fulls = {f.key for f, gone in zip(fulls, full_gone) if gone}
+    doomed_fulls = {f.key for f, gone in zip(fulls, full_gone, strict=True) if gone}
 
     plans: list[StreamPlan] = []
     # Every stream but the latest, newest first; a stream without a full (deltas older than
@@ -356,7 +356,8 @@ class GarbageCollector:
                      extra={"store": store_name, "period": format_duration(period)})
             return
         log.info("GC: starting garbage collector",
-                 extra={"store": store_name, "policy": self.config.garbage_collection_policy, "period": format_duration(period)})
+                 extra={"store": store_name, "policy": self.config.garbage_collection_policy,
+                        "period": format_duration(period)})
         while not await wait_unless_stopped(stop, period.total_seconds()):
             try:
                 await asyncio.to_thread(self.collect_once)

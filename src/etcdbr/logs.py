@@ -12,10 +12,12 @@ import logging
 import sys
 import threading
 from datetime import datetime, timezone
+from typing import Any
 
 LEVEL_NAMES = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARN", "ERROR": "ERROR", "CRITICAL": "FATAL"}
 # logrus levels the Go tool's --log-level takes as numbers.
-LOGRUS_LEVELS = {"0": "critical", "1": "critical", "2": "error", "3": "warning", "4": "info", "5": "debug", "6": "debug"}
+LOGRUS_LEVELS = {"0": "critical", "1": "critical", "2": "error", "3": "warning", "4": "info", "5": "debug",
+                 "6": "debug"}
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 MASK = "******"
 
@@ -65,7 +67,7 @@ class TextFormatter(logging.Formatter):
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        event = {
+        event: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
             "level": LEVEL_NAMES.get(record.levelname, record.levelname).lower(),
             "msg": record.getMessage(),

@@ -165,7 +165,7 @@ class LZWCompressor:
             return b""
         self._done = True
         width = self._width
-        run = []
+        run: list[int] = []
         runs = [(width, run)]
         if self._code8 >= 0:
             run.append(self._code8)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import BinaryIO
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .snapstore.streams import ByteStream
 
 _END = object()
 
@@ -22,7 +25,7 @@ class ReadAhead:
     ``close()`` stops the thread and closes the source.
     """
 
-    def __init__(self, raw: BinaryIO, *, block: int = 1024 * 1024, depth: int = 4) -> None:
+    def __init__(self, raw: ByteStream, *, block: int = 1024 * 1024, depth: int = 4) -> None:
         self.raw = raw
         self._block = block
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -49,7 +52,7 @@ class ReadAhead:
                     break
                 if not self._put(data):
                     return
-        except BaseException as exc:  # handed to the consumer, raised where it reads
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised where it reads
             self._put(exc)
             return
         self._put(_END)

@@ -281,7 +281,7 @@ def latest_chain(snapshots: Sequence[Snapshot]) -> tuple[Snapshot | None, list[S
 
 def chain_gaps(full: Snapshot | None, deltas: Sequence[Snapshot]) -> list[tuple[int, int]]:
     """Revision ranges missing between consecutive members of a chain: ``[(expected, found)]``."""
-    gaps = []
+    gaps: list[tuple[int, int]] = []
     if full is None:
         return gaps
     expected = full.last_revision + 1

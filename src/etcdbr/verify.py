@@ -124,14 +124,15 @@ class VerifyReport:
         if rows:
             widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
             for r in [header, *rows]:
-                cells = [c.ljust(w) for c, w in zip(r[:-1], widths)] + [r[-1]]
+                cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)] + [r[-1]]
                 lines.append("  ".join(cells).rstrip())
         if self.chains:
             lines.append("")
             lines.append("chains:")
             for c in self.chains:
                 state = "contiguous" if c.contiguous else "BROKEN"
-                lines.append(f"  {c.full}: revisions {c.first_revision}..{c.last_revision}, {c.deltas} delta(s), {state}")
+                lines.append(f"  {c.full}: revisions {c.first_revision}..{c.last_revision}, "
+                             f"{c.deltas} delta(s), {state}")
         if self.leftovers:
             lines.append("")
             lines.append(f"{len(self.leftovers)} leftover(s) of interrupted uploads (no defect):")
@@ -361,7 +362,7 @@ def _check_one(store, snap: Snapshot) -> tuple[int, str, str]:
     finally:
         try:
             raw.close()
-        except Exception:  # closing a broken stream must not hide why it broke
+        except Exception:  # noqa: BLE001 - closing a broken stream must not hide why it broke
             pass
 
 
@@ -379,7 +380,8 @@ def _check_contents(store, snaps: list[Snapshot], results: dict[str, ObjectResul
         except ObjectNotFound:
             with lock:
                 result.status, result.detail = "defect", "listed but gone when read"
-                report.defects.append(Defect("vanished", snap.key, "listed but not found when read (deleted meanwhile?)"))
+                report.defects.append(Defect("vanished", snap.key,
+                                             "listed but not found when read (deleted meanwhile?)"))
             return
         except IntegrityError as exc:
             kind = _classify(exc)
@@ -433,8 +435,9 @@ def _check_chains(snaps: list[Snapshot], report: VerifyReport) -> list[ChainResu
                                                        f"snapshot (chain of {current.full})"))
         elif s.start_revision < expected:
             current.contiguous = False
-            report.defects.append(Defect("overlap", s.key, f"starts at {s.start_revision} but revisions up to "
-                                                           f"{expected - 1} are already in the chain of {current.full}"))
+            report.defects.append(Defect("overlap", s.key,
+                                         f"starts at {s.start_revision} but revisions up to {expected - 1} "
+                                         f"are already in the chain of {current.full}"))
         current.deltas += 1
         current.last_revision = max(current.last_revision, s.last_revision)
         expected = max(expected, s.last_revision + 1)

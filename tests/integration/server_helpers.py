@@ -27,7 +27,6 @@ from typing import Callable
 from etcdbr.compression import decompress_bytes
 from etcdbr.delta import decode_delta
 from etcdbr.snapshot import Kind, Snapshot, parse_key, sort_key
-
 from services import free_port
 
 _RUN = "from etcdbr.cli.main import main; main()"
@@ -105,7 +104,7 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"server did not exit within {timeout}s of SIGTERM\n{self.tail()}")
+            raise AssertionError(f"server did not exit within {timeout}s of SIGTERM\n{self.tail()}") from None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -148,7 +147,8 @@ class EtcdWriter(threading.Thread):
     def put_one(self) -> tuple[bytes, bytes, int]:
         key, value = f"{self.prefix}k{self._n:06d}".encode(), f"v{self._n}-{time.time_ns()}".encode()
         self._n += 1
-        resp = self._post("/v3/kv/put", {"key": base64.b64encode(key).decode(), "value": base64.b64encode(value).decode()})
+        resp = self._post("/v3/kv/put", {"key": base64.b64encode(key).decode(),
+                                         "value": base64.b64encode(value).decode()})
         write = (key, value, int(resp["header"]["revision"]))
         self.writes.append(write)
         return write

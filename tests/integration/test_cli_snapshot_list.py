@@ -18,7 +18,6 @@ import pytest
 from etcdbr.config import StoreConfig
 from etcdbr.snapshot import Kind, new_snapshot
 from etcdbr.snapstore import open_store
-
 from services import free_port, unique_name
 
 pytestmark = pytest.mark.integration

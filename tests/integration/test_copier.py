@@ -34,7 +34,6 @@ from etcdbr.retry import STORE_PART, Policy
 from etcdbr.snapshot import Kind, Snapshot, new_snapshot
 from etcdbr.snapstore import open_store
 from etcdbr.snapstore import open_stores as build_stores
-
 from services import S3Server, unique_name
 
 pytestmark = pytest.mark.integration
@@ -463,7 +462,7 @@ def test_secondary_outage_leaves_primary_unaffected_and_catches_up(s3_server, s3
         try:
             for i in range(3):
                 runs = copier.status()["runs"]
-                await wait_for(lambda: copier.status()["runs"] > runs, interval=0.05)
+                await wait_for(lambda runs=runs: copier.status()["runs"] > runs, interval=0.05)
                 copier.notify(await write(211 + i * 10, f"outage {i}"))  # known down: left to the runs
             await wait_for(lambda: copier.status()["runs"] >= 4, interval=0.05)
             outage_status = copier.status()

@@ -282,12 +282,14 @@ def test_copy_between_s3_buckets_with_source_credentials(s3_server, tmp_path, mo
     src = open_store(StoreConfig(provider="S3", container=src_bucket, prefix="etcd",
                                  endpoint_override=s3_server.endpoint, env_prefix="SOURCE_"))
     snaps = seed(src, BACKUPS)
-    args = ["copy", "--source-storage-provider=S3", f"--source-store-container={src_bucket}", "--source-store-prefix=etcd",
+    args = ["copy", "--source-storage-provider=S3", f"--source-store-container={src_bucket}",
+            "--source-store-prefix=etcd",
             f"--source-store-endpoint-override={s3_server.endpoint}", "--storage-provider=S3",
             f"--store-container={dst_bucket}", "--store-prefix=copy", f"--store-endpoint-override={s3_server.endpoint}"]
     result = invoke(*args)
     assert result.exit_code == 0, result.stderr
-    dst = open_store(StoreConfig(provider="S3", container=dst_bucket, prefix="copy", endpoint_override=s3_server.endpoint))
+    dst = open_store(StoreConfig(provider="S3", container=dst_bucket, prefix="copy",
+                                 endpoint_override=s3_server.endpoint))
     assert {s.snap_name for s in dst.list()} == {s.snap_name.removesuffix(".final") for s in snaps}
     # The source's credentials come from SOURCE_*: wrong ones there fail the command with exit 1.
     monkeypatch.setenv("SOURCE_AWS_APPLICATION_CREDENTIALS_JSON", str(wrong))
@@ -341,6 +343,7 @@ def test_guide_local_server_example_runs(tmp_home, tmp_path, etcd_server):
     finally:
         server.stop()
     log = server.log_text()
-    assert "INFO: Creating snapstore with backup copier - Primary: Local/etcd-primary, Secondary: Local/etcd-secondary" in log
+    assert ("INFO: Creating snapstore with backup copier - Primary: Local/etcd-primary, "
+            "Secondary: Local/etcd-secondary") in log
     assert "INFO: Starting backup copier..." in log
     assert "INFO: Found " in log

@@ -446,6 +446,7 @@ def _initialize_over_http(server) -> str:
 
 def test_server_initialization_obeys_the_same_rules(tpl, tmp_path):
     from server_helpers import ServerProcess
+
     from services import free_port
 
     data_dir = member_dir(tpl.dir25, tmp_path)  # behind the newer store
@@ -505,7 +506,8 @@ def test_no_room_for_both_fails_and_deletes_nothing(tpl, tmp_path, monkeypatch, 
     result = run(["restore", *common(tpl, data_dir), *store_flags(tpl.newer), *as_member(), "--replace-data-dir"])
     assert result.exit_code == 1, result.output
     line = error_line(result)
-    assert line.startswith(f"error: no room on the volume of {data_dir} for the restored data dir beside the old one"), line
+    assert line.startswith(
+        f"error: no room on the volume of {data_dir} for the restored data dir beside the old one"), line
     assert line.endswith(f"the old data dir is untouched and nothing was deleted to make room; the asides {earlier} "
                          "could be removed to free space"), line
     assert ("1000 bytes free" if when == "before" else "No space left on device") in line

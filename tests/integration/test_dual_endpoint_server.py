@@ -13,8 +13,14 @@ import json
 import time
 
 import pytest
-
-from server_helpers import EtcdWriter, ServerProcess, keyspace, restore_with_cli, s3_primary_gcs_secondary, s3_store_args
+from server_helpers import (
+    EtcdWriter,
+    ServerProcess,
+    keyspace,
+    restore_with_cli,
+    s3_primary_gcs_secondary,
+    s3_store_args,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,6 @@ from etcdbr.config import StoreConfig
 from etcdbr.errors import ConfigError, ImmutableObject, ObjectNotFound, PermissionDenied, StoreUnavailable
 from etcdbr.snapshot import Kind, new_snapshot
 from etcdbr.snapstore import open_store
-
 from services import unique_name
 
 pytestmark = pytest.mark.integration
@@ -590,7 +589,8 @@ def test_abs_credentials_directory_of_files_and_bucket_name(azurite_server, abs_
     (creds / "bucketName").write_text(abs_container)
     (creds / "..data").mkdir()  # Kubernetes secret volume plumbing is ignored
     monkeypatch.setenv("AZURE_APPLICATION_CREDENTIALS", str(creds))
-    store = open_store(StoreConfig(provider="ABS", container="", prefix="dir", endpoint_override=azurite_server.endpoint))
+    store = open_store(StoreConfig(provider="ABS", container="", prefix="dir",
+                                   endpoint_override=azurite_server.endpoint))
     try:
         assert store.display == f"ABS/{abs_container}"
         store.check()

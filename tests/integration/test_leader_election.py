@@ -7,7 +7,6 @@ import json
 import time
 
 import pytest
-
 from server_helpers import ServerProcess, deltas, fulls, s3_env, s3_objects, s3_store_args
 
 pytestmark = pytest.mark.integration
@@ -34,7 +33,8 @@ def test_only_the_leaders_sidecar_snapshots_and_another_takes_over(tmp_path, etc
         for i, member in enumerate(cluster.members):
             servers.append(ServerProcess(tmp_path, [
                 "--endpoints", member.client_url, *s3_store_args(s3_server, s3_bucket, STORE_PREFIX),
-                "--secondary-storage-provider", "S3", "--secondary-store-container", secondary_bucket, "--secondary-store-prefix", STORE_PREFIX,
+                "--secondary-storage-provider", "S3", "--secondary-store-container", secondary_bucket,
+                "--secondary-store-prefix", STORE_PREFIX,
                 "--secondary-store-endpoint-override", s3_server.endpoint, "--backup-sync-enabled",
                 "--schedule", "0 0 1 1 *", "--delta-snapshot-period", "1s", "--reelection-period", "1.1s",
                 "--garbage-collection-period", "0s",
@@ -80,11 +80,13 @@ def test_only_the_leaders_sidecar_snapshots_and_another_takes_over(tmp_path, etc
         servers[new_leader].wait_for(lambda: _role(servers[new_leader]) == "Leader", 30, "takeover")
         servers[new_leader].wait_healthy(60)
         takeover_seconds = time.monotonic() - t1
-        servers[leader].wait_for(lambda: not servers[leader].healthy(), 30, "the old leader's sidecar to turn unhealthy")
+        servers[leader].wait_for(lambda: not servers[leader].healthy(), 30,
+                                 "the old leader's sidecar to turn unhealthy")
         assert _role(servers[leader]) == "Unknown"
         cluster.etcdctl("put", "/ha/after", "2")
         servers[new_leader].wait_for(
-            lambda: any(d.start_revision > first["lastRevision"] for d in deltas(s3_objects(s3_server, s3_bucket, STORE_PREFIX))),
+            lambda: any(d.start_revision > first["lastRevision"]
+                        for d in deltas(s3_objects(s3_server, s3_bucket, STORE_PREFIX))),
             30, "a delta from the new leader")
         assert "snapshot uploaded" in servers[new_leader].log_text()
         old_uploads = servers[leader].log_text().count("snapshot uploaded")

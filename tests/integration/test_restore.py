@@ -18,8 +18,8 @@ from click.testing import CliRunner
 import snapshot_factory as sf
 from etcdbr.cli.main import cli
 from etcdbr.config import StoreConfig
-from etcdbr.metrics import REGISTRY
 from etcdbr.etcd.blocking import EtcdKV, modified_at
+from etcdbr.metrics import REGISTRY
 from etcdbr.restore import replay as replay_mod
 from etcdbr.snapstore import open_store
 from services import S3Server, free_port

@@ -26,6 +26,15 @@ import time
 from pathlib import Path
 
 import pytest
+from server_helpers import (
+    EtcdWriter,
+    ServerProcess,
+    keyspace,
+    restore_with_cli,
+    s3_env,
+    s3_primary_gcs_secondary,
+    s3_store_args,
+)
 
 import snapshot_factory as sf
 from etcdbr.config import StoreConfig
@@ -33,8 +42,6 @@ from etcdbr.snapshot import Kind, new_snapshot
 from etcdbr.snapstore import open_store
 from etcdbr.snapstore.local import STAGING_DIR, STALE_STAGING
 from faultproxy import FaultProxy
-from server_helpers import (EtcdWriter, ServerProcess, keyspace, restore_with_cli, s3_env,
-                            s3_primary_gcs_secondary, s3_store_args)
 from services.etcd import run_etcdctl
 
 pytestmark = pytest.mark.integration
@@ -172,7 +179,8 @@ def test_losing_leadership_copies_the_final_delta_to_the_secondary(tmp_path, etc
     assert final.copier_key() in _keys(secondary.list())
     assert final.last_revision >= writer.writes[-1][2]
 
-    restored = keyspace(restore_with_cli(tmp_path, "fromsecondary", [*secondary_flags, "--restore-from=secondary"], env))
+    restored = keyspace(restore_with_cli(tmp_path, "fromsecondary", [*secondary_flags, "--restore-from=secondary"],
+                                         env))
     # The live cluster may have moved on only by what the new leader took since (nothing: no
     # writes after the move), so the secondary restores it exactly.
     assert restored.kvs == live.kvs
@@ -308,6 +316,7 @@ def test_sigkilled_upload_leaves_staging_that_verify_reports_and_the_next_start_
     assert reported["abandoned"] is True
     second = start_and_stop("second-start")
     assert not leftover.exists()
-    swept = [r for r in _log_records(second) if r.get("msg") == "removed a staging file an interrupted upload left behind"]
+    swept = [r for r in _log_records(second)
+             if r.get("msg") == "removed a staging file an interrupted upload left behind"]
     assert len(swept) == 1 and swept[0]["file"] == f"{STAGING_DIR}/{leftover.name}"
     assert verify()["uploadLeftovers"] == []

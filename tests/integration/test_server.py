@@ -11,6 +11,7 @@ after the buffered events were uploaded.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import ssl
 import subprocess
@@ -20,7 +21,6 @@ import uuid
 
 import pytest
 import yaml
-
 from server_helpers import (
     EtcdWriter,
     ServerProcess,
@@ -160,7 +160,7 @@ def test_server_backs_up_under_load_and_serves_the_api(tmp_path, etcd_factory, s
         assert rev in writes, rev
         assert (event.kv.key, event.kv.value, event.type.name) == (*writes[rev], "PUT")
     # every write after the startup full is in a delta, or inside a full taken after the delta before it
-    boundaries = [(a.last_revision, b.last_revision) for a, b in zip(snaps, snaps[1:]) if b.kind.value == "Full"]
+    boundaries = [(a.last_revision, b.last_revision) for a, b in itertools.pairwise(snaps) if b.kind.value == "Full"]
     for rev in writes:
         if rev <= full_snaps[0].last_revision:
             continue
@@ -180,11 +180,12 @@ def test_server_backs_up_under_load_and_serves_the_api(tmp_path, etcd_factory, s
 
 
 def _self_signed(tmp_path):
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "etcdbr-test")])

@@ -210,7 +210,8 @@ def check_chains(store, writer: Writer, exact: dict[str, bool], etcd, tmp_path: 
             assert revision >= full.last_revision
         expected_start = full.last_revision + 1
         for delta in following:
-            assert delta.start_revision == expected_start, f"{delta.snap_name}: gap or overlap after {expected_start - 1}"
+            assert delta.start_revision == expected_start, \
+                f"{delta.snap_name}: gap or overlap after {expected_start - 1}"
             events = delta_events(store, delta)
             revisions = sorted({e[3] for e in events})
             assert revisions == list(range(delta.start_revision, delta.last_revision + 1)), delta.snap_name
@@ -511,7 +512,8 @@ def test_defragment_members_defragments_each_endpoint(etcd_factory):
         "etcdbr_defragmentation_duration_seconds_count", {"succeeded": "true", "endpoint": etcd.client_url}) or 0
     assert asyncio.run(etcdclient.defragment_members(config)) == [etcd.client_url]
     assert metrics.REGISTRY.get_sample_value(
-        "etcdbr_defragmentation_duration_seconds_count", {"succeeded": "true", "endpoint": etcd.client_url}) == count + 1
+        "etcdbr_defragmentation_duration_seconds_count", {"succeeded": "true",
+                                                          "endpoint": etcd.client_url}) == count + 1
 
 
 class FlakyLocalStore:
@@ -690,7 +692,8 @@ def test_snapshot_command_runs_until_sigterm_and_flushes_buffered_events(etcd_fa
             proc.wait()
     full, deltas = latest_chain(store.list())
     assert full is not None and full.compression_suffix == ".zlib"
-    assert len(deltas) == 1 and (deltas[0].start_revision, deltas[0].last_revision) == (full.last_revision + 1, revision)
+    assert len(deltas) == 1 and (deltas[0].start_revision, deltas[0].last_revision) == (full.last_revision + 1,
+                                                                                        revision)
     assert deltas[0].is_final and deltas[0].snap_name.endswith(".zlib.final")
 
 
@@ -742,7 +745,7 @@ def test_full_snapshot_memory_is_bounded_for_a_big_db(etcd_factory, s3_server, s
     async def scenario():
         snapper = Snapshotter(store, config)
         try:
-            await etcdclient.status(await snapper._get_client())  # channel set up before the baseline
+            await etcdclient.status(await snapper._etcd.get())  # channel set up before the baseline
             baseline = proc.memory_info().rss
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()

@@ -18,7 +18,6 @@ import pytest
 from etcdbr.config import StoreConfig
 from etcdbr.snapshot import Kind
 from etcdbr.snapstore import open_store
-
 from reliability.helpers import full_payload, invoke, run_cli, save_chain, snap
 
 
@@ -38,7 +37,8 @@ CASES = [
     # -- providers and containers
     Case("unknown provider", ["snapshot", "list", "--storage-provider=Foo"], "--storage-provider", subprocess=True),
     Case("provider in the wrong case", ["verify", "--storage-provider=s3"], "case-sensitive"),
-    Case("provider of the Go tool not supported here", ["snapshot", "list", "--storage-provider=Swift"], "not supported"),
+    Case("provider of the Go tool not supported here", ["snapshot", "list", "--storage-provider=Swift"],
+         "not supported"),
     Case("S3 without a bucket", ["snapshot", "list", "--storage-provider=S3"], "needs a bucket", subprocess=True),
     Case("GCS without a bucket", ["verify", "--storage-provider=GCS"], "needs a bucket"),
     Case("secondary provider unknown", ["server", "--secondary-storage-provider=Nope"], "--secondary-storage-provider"),
@@ -57,7 +57,8 @@ CASES = [
     # -- durations, cron strings, booleans, choices
     Case("cron minute out of range", ["snapshot", f"--schedule=61 {CRON[2:]}"], "--schedule", subprocess=True),
     Case("cron with three fields", ["server", "--schedule=* * *"], "5-field cron"),
-    Case("bad defragmentation cron", ["snapshot", "--defragmentation-schedule=every day"], "--defragmentation-schedule"),
+    Case("bad defragmentation cron", ["snapshot", "--defragmentation-schedule=every day"],
+         "--defragmentation-schedule"),
     Case("duration with unknown unit", ["snapshot", "--delta-snapshot-period=5x"], "duration", subprocess=True),
     Case("zero connection timeout", ["snapshot", "--etcd-connection-timeout=0s"], "> 0"),
     Case("negative snapshot timeout", ["server", "--etcd-snapshot-timeout=-1m"], "--etcd-snapshot-timeout"),
@@ -136,7 +137,8 @@ def _check_one_error_line(result, case: Case) -> str:
     assert case.expect in lines[0], f"{case.expect!r} not in {lines[0]!r}"
     assert "internal error" not in lines[0], lines[0]
     # Nothing but the error (and click's usage hint for usage errors) on stderr.
-    noise = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith(("error:", "Error:", "Usage:", "Try "))]
+    noise = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith(("error:", "Error:", "Usage:",
+                                                                                          "Try "))]
     assert all(" INFO: " in ln or " WARN: " in ln for ln in noise), noise
     return lines[0]
 
@@ -224,7 +226,8 @@ def test_unparseable_names_in_a_bucket_are_skipped_with_a_warning(tmp_path, clea
     store_dir = tmp_path / "bucket"
     store = open_store(StoreConfig(provider="Local", container=str(store_dir), prefix="etcd"))
     chain = save_chain(store)
-    for stray in ("Full-xx-yy-zz", "Incr-00000200-00000100-1714564800.gz", "Full-00000000-00000001-99999999999999999999",
+    for stray in ("Full-xx-yy-zz", "Incr-00000200-00000100-1714564800.gz",
+                  "Full-00000000-00000001-99999999999999999999",
                   "notes.txt"):
         (store_dir / "etcd" / "v2" / stray).write_text("?")
     result = run_cli(["snapshot", "list", "--storage-provider=Local", f"--store-container={store_dir}",

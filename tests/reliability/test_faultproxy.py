@@ -154,7 +154,7 @@ def test_cut_downstream_truncates_an_http_body():
     body = b"z" * 200_000
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self):  # http.server's name
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

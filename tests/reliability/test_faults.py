@@ -19,7 +19,6 @@ import pytest
 from etcdbr.errors import IntegrityError, StoreError, StoreUnavailable
 from etcdbr.snapshot import Kind
 from etcdbr.verify import verify_store
-
 from faultproxy import FaultProxy
 from reliability.helpers import MiB, delta_payload, full_payload, gz, names, snap
 
@@ -168,7 +167,8 @@ def test_rotated_s3_credentials_are_picked_up_without_restart(s3env, outcome, ca
     os.utime(s3env.creds_path, ns=(1, 1))  # mtime alone may not move within one clock tick
     with pytest.raises(StoreError) as info:
         store.list()
-    assert "credentials refused" in str(info.value) or "Signature" in str(info.value) or "denied" in str(info.value).lower()
+    message = str(info.value)
+    assert "credentials refused" in message or "Signature" in message or "denied" in message.lower()
     # Rotate back to a valid key: picked up without rebuilding the store by hand.
     s3env.write_credentials()
     s2 = snap(store, Kind.INCR, 11, 20, minutes=1)

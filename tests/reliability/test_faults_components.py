@@ -26,7 +26,6 @@ from etcdbr.etcd import proto as rpc
 from etcdbr.snapshot import Kind, chain_gaps, latest_chain
 from etcdbr.snapstore import open_store
 from etcdbr.verify import verify_store
-
 from faultproxy import FaultProxy
 from reliability.helpers import delta_payload, fast_open, gz, names, save_chain, snap
 
@@ -53,7 +52,7 @@ class Writer:
                                                timeout=2)
                     self.revisions.append(resp.header.revision)
                     n += 1
-                except Exception:  # the member may be down in the middle of the test: keep trying
+                except Exception:  # noqa: BLE001 - the member may be down in the middle of the test: keep trying
                     self.errors += 1
                     await client.close()
                     client = etcdclient.connect(EtcdConnectionConfig(endpoints=[self.url]))
@@ -260,7 +259,6 @@ def test_secondary_unreachable_at_startup_means_single_endpoint(s3env, gcsenv, c
 
 def test_primary_unreachable_at_startup_is_fatal(s3env, gcsenv, tmp_path, outcome):
     from etcdbr.snapstore import open_stores as build_stores
-
     from reliability.helpers import run_cli
 
     with FaultProxy.for_url(s3env.endpoint) as proxy:

@@ -23,7 +23,6 @@ from etcdbr.errors import StoreError
 from etcdbr.snapshot import Kind
 from etcdbr.snapstore import open_store
 from etcdbr.verify import verify_store
-
 from faultproxy import FaultProxy
 from reliability.helpers import MiB, full_payload, names, popen_cli, run_cli, snap, wait_for
 
@@ -49,7 +48,7 @@ def _stop(proc: subprocess.Popen, timeout: float = 60) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise AssertionError(f"no exit within {timeout}s of SIGTERM")
+        raise AssertionError(f"no exit within {timeout}s of SIGTERM") from None
 
 
 def _stop_interrupted(proc: subprocess.Popen, busy, what: str, log_path: Path) -> int:
@@ -145,7 +144,8 @@ def test_signal_during_a_full_snapshot(etcd_factory, s3env, tmp_path, outcome, s
     else:
         assert listed == [], "a killed upload became visible"
         staged = s3env.staged()
-        what = f"killed mid-upload: nothing listed; the incomplete multipart upload stays staged ({len(staged)}), invisible"
+        what = (f"killed mid-upload: nothing listed; the incomplete multipart upload stays staged ({len(staged)}), "
+                "invisible")
         lost = "nothing (staged parts need a bucket lifecycle rule)"
     outcome.record("fault", f"{sig.name} while a full snapshot streams from etcd to S3", "`snapshot` (console script)",
                    what, lost)

@@ -23,11 +23,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from etcdbr.config import StoreConfig
 from etcdbr.snapshot import Kind
 from etcdbr.snapstore import open_store
-
 from reliability.helpers import full_payload, gz, run_cli, snap, wait_for
 
 NO_SCHEDULED_FULL = "0 0 1 1 *"
@@ -44,7 +44,8 @@ def _forms(secret: str) -> list[str]:
 def assert_no_secret(text: str, secrets: dict[str, str], where: str) -> None:
     for name, secret in secrets.items():
         for form in _forms(secret):
-            assert form not in text, f"{name} leaked in {where}: ...{text[max(0, text.find(form) - 120):text.find(form) + 40]}..."
+            at = text.find(form)
+            assert form not in text, f"{name} leaked in {where}: ...{text[max(0, at - 120):at + 40]}..."
 
 
 def _pem_secret_lines(pem: bytes) -> list[str]:
@@ -110,7 +111,8 @@ def test_server_at_debug_level_emits_no_secret(tmp_path, etcd_factory, s3_server
     write_s3(s3_server.secret_key)
     abs_creds = tmp_path / "azure.json"
     abs_creds.write_text(json.dumps({"storageAccount": azurite_server.account, "storageKey": azurite_server.key}))
-    env = {"AWS_APPLICATION_CREDENTIALS_JSON": str(s3_creds), "SECONDARY_AZURE_APPLICATION_CREDENTIALS_JSON": str(abs_creds),
+    env = {"AWS_APPLICATION_CREDENTIALS_JSON": str(s3_creds),
+           "SECONDARY_AZURE_APPLICATION_CREDENTIALS_JSON": str(abs_creds),
            "ETCD_PASSWORD": etcd_password}
     secrets = {"etcd password": etcd_password, "S3 secret key": s3_server.secret_key, "SSE-C key": ssec_key,
                "rotated S3 secret": wrong_secret, "Azure storage key": azurite_server.key,
@@ -151,7 +153,7 @@ def test_server_at_debug_level_emits_no_secret(tmp_path, etcd_factory, s3_server
         # SSE-C really was used: without the key the object cannot be read.
         client = s3_server.client()
         first = client.list_objects_v2(Bucket=s3_bucket, Prefix="sec/v2/")["Contents"][0]["Key"]
-        with pytest.raises(Exception):
+        with pytest.raises(ClientError):
             client.get_object(Bucket=s3_bucket, Key=first)
         # Now the failure paths: the S3 secret is rotated to one the server refuses.
         write_s3(wrong_secret)
@@ -215,7 +217,7 @@ def test_failing_commands_emit_no_secret(tmp_path, s3env, gcs_server, gcs_bucket
     import http.server
 
     class TokenRefused(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
+        def do_POST(self):  # http.server's name
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             body = b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}'
             self.send_response(400)
@@ -357,9 +359,7 @@ def test_local_store_staging_is_private(tmp_path, open_umask, outcome):
 def test_restore_temp_files_are_private(tmp_path, etcd_server, open_umask, monkeypatch, outcome):
     """Snapshots downloaded for a restore sit in --restoration-temp-snapshots-dir: 0600 in 0700."""
     import snapshot_factory as sf
-
     from etcdbr.snapstore.local import LocalStore
-
     from reliability.helpers import invoke
 
     store_dir = tmp_path / "bucket"

@@ -17,7 +17,6 @@ from etcdbr.config import StoreConfig
 from etcdbr.snapshot import Kind
 from etcdbr.snapstore import open_store
 from etcdbr.verify import verify_store
-
 from reliability.helpers import delta_payload, full_payload, gz, invoke, run_cli, save_chain, snap
 
 

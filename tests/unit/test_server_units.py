@@ -189,7 +189,7 @@ def test_api_as_leader():
     assert bad[0] == 400
     assert delta[:2] == (200, "null")
     assert json.loads(latest[1]) == {"fullSnapshot": server.leader_snapshotter.full.to_json(), "deltaSnapshots": []}
-    for status, _, headers in (h, full, bad, nothere):
+    for _status, _, headers in (h, full, bad, nothere):
         assert headers["Strict-Transport-Security"] == "max-age=31536000"
         assert headers["Content-Security-Policy"] == "default-src 'self'"
 

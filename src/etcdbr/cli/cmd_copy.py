@@ -16,6 +16,7 @@ import sys
 import time
 from contextlib import nullcontext
 from datetime import timedelta
+from typing import Any
 
 import click
 
@@ -94,7 +95,7 @@ class _Progress:
     def __init__(self, stream) -> None:
         self.stream = stream
         self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar on a terminal
         self.total = 0
         self.done = 0
 

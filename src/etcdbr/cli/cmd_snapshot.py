@@ -59,10 +59,11 @@ def _human_size(n: int | None) -> str:
 
 def _compression_name(suffix: str) -> str:
     from ..compression import policy_for_suffix
+    from ..errors import IntegrityError
 
     try:
         return policy_for_suffix(suffix) or "none"
-    except Exception:
+    except IntegrityError:
         return f"unknown({suffix})"
 
 
@@ -113,5 +114,5 @@ def list_command(config, **_params) -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     click.echo(f"{store.display} prefix {store.prefix}: {len(snaps)} snapshot(s)")
     for r in [header, *rows]:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0

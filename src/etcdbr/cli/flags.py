@@ -6,6 +6,7 @@ Go tool's (``etcdbrctl``), so pod specs written for it keep working.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -47,7 +48,7 @@ class Opt:
     aliases: tuple[str, ...] = ()
     multiple: bool = False    # repeatable, and each value a comma-separated list
     secret: bool = False
-    defaults: type | None = None
+    defaults: builtins.type | None = None
     compat: bool = False      # the Go tool's flag, accepted and ignored: hidden, no default
 
     @property
@@ -77,17 +78,21 @@ def _store_opts(flag_prefix: str, dest: str, env_prefix: str, who: str) -> list[
     f = flag_prefix
     return [
         Opt(f"{f}storage-provider", f"{dest}.provider", Provider(),
-            f"Object store of the {who}: Local, S3, GCS or ABS (empty = Local).", env=(f"{env_prefix}STORAGE_PROVIDER",)),
+            f"Object store of the {who}: Local, S3, GCS or ABS (empty = Local).",
+            env=(f"{env_prefix}STORAGE_PROVIDER",)),
         Opt(f"{f}store-container", f"{dest}.container", Text(),
             f"Bucket or container of the {who} (for Local: a directory, relative to $HOME unless absolute).",
             env=(f"{env_prefix}STORAGE_CONTAINER",)),
         Opt(f"{f}store-prefix", f"{dest}.prefix", Text(),
-            f"Path inside the {who}'s container; '/v2' is appended as the Go tool does.", env=(f"{env_prefix}STORAGE_PREFIX",)),
+            f"Path inside the {who}'s container; '/v2' is appended as the Go tool does.",
+            env=(f"{env_prefix}STORAGE_PREFIX",)),
         Opt(f"{f}store-endpoint-override", f"{dest}.endpoint_override", Url(),
-            f"Endpoint URL of the {who} (S3-compatible servers, emulators).", env=(f"{env_prefix}STORAGE_ENDPOINT_OVERRIDE",)),
+            f"Endpoint URL of the {who} (S3-compatible servers, emulators).",
+            env=(f"{env_prefix}STORAGE_ENDPOINT_OVERRIDE",)),
         Opt(f"{f}min-chunk-size", f"{dest}.min_chunk_size",
             ByteSize(MIN_CHUNK_SIZE, expect=f"a size in bytes >= {MIN_CHUNK_SIZE} (5 MiB)"),
-            f"Part size in bytes of the {who}'s multipart uploads (>= 5 MiB); memory used is about part size x parallel uploads."),
+            f"Part size in bytes of the {who}'s multipart uploads (>= 5 MiB); memory used is about part size x "
+            "parallel uploads."),
         Opt(f"{f}max-parallel-chunk-uploads", f"{dest}.max_parallel_chunk_uploads", positive(),
             f"Parts uploaded at once to the {who}."),
         Opt(f"{f}snapstore-temp-directory", f"{dest}.temp_dir", Path(),
@@ -96,7 +101,8 @@ def _store_opts(flag_prefix: str, dest: str, env_prefix: str, who: str) -> list[
         Opt(f"{f}store-timeout", f"{dest}.timeout", POSITIVE_DURATION,
             f"Longest wait for the {who} on one request (connecting, or between bytes of an answer). The SDK tries "
             "a request twice, so a store that accepts connections and never answers fails a call within about 2x "
-            "this + 1s; 'snapshot list' gives up within 3x this (60s by default). See docs/dual-endpoint.md (Timeouts and retries) for the "
+            "this + 1s; 'snapshot list' gives up within 3x this (60s by default). See docs/dual-endpoint.md "
+            "(Timeouts and retries) for the "
             "attempts one failing operation can make."),
     ]
 
@@ -109,11 +115,13 @@ GROUPS: dict[str, list[Opt]] = {
     "secondary": _store_opts("secondary-", "secondary", "SECONDARY_", "secondary snapstore"),
     "source": _store_opts("source-", "source", "SOURCE_", "source snapstore (copy)"),
     "etcd": [
-        Opt("endpoints", "etcd.endpoints", Text(), "etcd client endpoints (comma-separated).", short="e", multiple=True),
+        Opt("endpoints", "etcd.endpoints", Text(), "etcd client endpoints (comma-separated).", short="e",
+            multiple=True),
         Opt("service-endpoints", "etcd.service_endpoints", Text(), "etcd endpoints reachable through a Service.",
             multiple=True),
         Opt("etcd-username", "etcd.username", Text(), "etcd user.", env=("ETCD_USERNAME",)),
-        Opt("etcd-password", "etcd.password", Text(), "etcd password (never logged).", env=("ETCD_PASSWORD",), secret=True),
+        Opt("etcd-password", "etcd.password", Text(), "etcd password (never logged).", env=("ETCD_PASSWORD",),
+            secret=True),
         Opt("etcd-connection-timeout", "etcd.connection_timeout", POSITIVE_DURATION,
             "Timeout of etcd calls other than snapshot and defragmentation."),
         Opt("etcd-snapshot-timeout", "etcd.snapshot_timeout", POSITIVE_DURATION,
@@ -149,8 +157,10 @@ GROUPS: dict[str, list[Opt]] = {
             "Codec: gzip (.gz), zlib (.zlib), lzw (.Z) or zstd (.zst, this tool only)."),
     ],
     "backoff": [
-        Opt("backoff-multiplier", "snapshotter.backoff_multiplier", positive(), "Growth factor of retry delays at startup."),
-        Opt("backoff-attempt-limit", "snapshotter.backoff_attempt_limit", positive(), "Attempts before giving up at startup."),
+        Opt("backoff-multiplier", "snapshotter.backoff_multiplier", positive(),
+            "Growth factor of retry delays at startup."),
+        Opt("backoff-attempt-limit", "snapshotter.backoff_attempt_limit", positive(),
+            "Attempts before giving up at startup."),
         Opt("backoff-threshold-time", "snapshotter.backoff_threshold_time", POSITIVE_DURATION,
             "Longest retry delay at startup."),
     ],
@@ -168,8 +178,10 @@ GROUPS: dict[str, list[Opt]] = {
         Opt("name", "restoration.name", Text(), "Member name of the restored member." + _FROM_ETCD_CONF),
         Opt("skip-hash-check", "restoration.skip_hash_check", Bool(),
             "Do not check the full snapshot's SHA-256 trailer (for a db copied from a data dir)."),
-        Opt("max-fetchers", "restoration.max_fetchers", positive(), "Delta snapshots downloaded in parallel ahead of replay."),
-        Opt("max-call-send-message-size", "restoration.max_call_send_message_size", ByteSize(1, expect="an integer > 0"),
+        Opt("max-fetchers", "restoration.max_fetchers", positive(),
+            "Delta snapshots downloaded in parallel ahead of replay."),
+        Opt("max-call-send-message-size", "restoration.max_call_send_message_size",
+            ByteSize(1, expect="an integer > 0"),
             "Largest gRPC message sent to the temporary etcd."),
         Opt("max-request-bytes", "restoration.max_request_bytes", ByteSize(1, expect="an integer > 0"),
             "Largest request the temporary etcd accepts."),
@@ -199,8 +211,9 @@ GROUPS: dict[str, list[Opt]] = {
             "Keep the secondary snapstore in sync with the primary (BackupCopier).",
             aliases=("secondary-backup-sync-enabled",)),
         Opt("backup-sync-period", "sync.period", POSITIVE_DURATION,
-            "How often the copier compares both stores. 5m (the document recommends 3-5m): snapshots this process takes "
-            "are copied at once anyway, so the period only bounds how long other gaps (missed events, outages, GC) last.",
+            "How often the copier compares both stores. 5m (the document recommends 3-5m): snapshots this process "
+            "takes are copied at once anyway, so the period only bounds how long other gaps (missed events, outages, "
+            "GC) last.",
             aliases=("secondary-backup-sync-period",)),
         Opt("backup-sync-max-retries", "sync.max_retries", non_negative(),
             "Retries of a failed copy or deletion within one run (each try makes at most 3 tries per upload part, "
@@ -220,7 +233,8 @@ GROUPS: dict[str, list[Opt]] = {
         Opt("backup-sync-verify", "sync.verify", Choice("content", "metadata"),
             "How a copy is verified before it counts. content: the copy is read back and its size and SHA-256 must "
             "equal those of the primary's bytes (a server-side copy reads the primary's object too). metadata: a "
-            "server-side copy counts when the service reports the same size and content digest (S3 ETag, GCS CRC32C) for both "
+            "server-side copy counts when the service reports the same size and content digest (S3 ETag, GCS CRC32C) "
+            "for both "
             "objects, as rclone checks, without downloading them; copies the service cannot vouch for that way "
             "(streamed between providers, SSE-C/KMS, differing digests) are still verified by content."),
     ],

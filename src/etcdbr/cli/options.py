@@ -217,7 +217,7 @@ def resolve(source: click.Context | Mapping, *groups: str, extra: list[Opt] | No
     mapping of parameter names to parsed values: a parameter missing from it takes its default,
     and a value equal to the default counts as the default)."""
     ctx = source if isinstance(source, click.Context) else None
-    params = ctx.params if ctx is not None else source
+    params: Mapping = source.params if isinstance(source, click.Context) else source
     config = Config()
     origins = config.extra.setdefault("origins", {})  # flag name -> where its value came from
     compat = dict(_file_state(ctx)["compat"]) if ctx is not None else {}

@@ -25,8 +25,18 @@ from .endpoints import EndpointStates
 from .inventory import Inventory
 from .plan import own_snapshots, plan_sync
 from .result import ProgressFn, RunHistory, SyncResult
-from .transfer import (PRIMARY, SECONDARY, CopyCancelled, EndpointFailure, SourceGone, VerifiedTransfer, failure_reason,
-                       is_outage, on_endpoint, retryable)
+from .transfer import (
+    PRIMARY,
+    SECONDARY,
+    CopyCancelled,
+    EndpointFailure,
+    SourceGone,
+    VerifiedTransfer,
+    failure_reason,
+    is_outage,
+    on_endpoint,
+    retryable,
+)
 
 log = logging.getLogger("etcdbr.copier")
 
@@ -313,7 +323,7 @@ class BackupCopier:
         for role, store, include_all in ((PRIMARY, self.primary, False), (SECONDARY, self.secondary, True)):
             try:
                 snaps = await self._in_thread(store.list, include_all)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the cause, this run copies and deletes nothing
                 self._endpoints.failed(role, exc)
                 result.error = f"cannot list the {role} snapstore {store.display}: {failure_reason(exc)}"
                 log.error("Sync run failed: could not list the " + role + " snapstore; nothing copied or deleted",
@@ -364,7 +374,8 @@ class BackupCopier:
         return min(pause, DRAIN_RETRY_WAIT) if self._draining else pause
 
     async def _copy_with_retries(self, src: Snapshot, replaces: Snapshot | None) -> tuple[str, str, int]:
-        assert self._slots is not None
+        slots = self._slots
+        assert slots is not None
         key, name = src.copier_key(), src.snap_name
         tries = 0
 
@@ -373,7 +384,7 @@ class BackupCopier:
             tries += 1
             if self._stopping.is_set():
                 return self._cancelled(src)
-            async with self._slots:
+            async with slots:
                 if self._stopping.is_set():
                     return self._cancelled(src)
                 try:
@@ -408,7 +419,7 @@ class BackupCopier:
             return await aretry_call(self._retry, attempt, retry_on=retryable, stop=self._stop_event,
                                      wait=self._retry_wait, on_retry=retrying,
                                      on_stop=lambda last: self._cancelled(src))
-        except Exception as last:
+        except Exception as last:  # noqa: BLE001 - recorded and reported; the run goes on with the next copy
             text = failure_reason(last)
             outcome = "verification_failure" if isinstance(last, IntegrityError) else "failure"
             metrics.sync_copies.labels(outcome=outcome).inc()
@@ -438,13 +449,14 @@ class BackupCopier:
 
     # -- deleting -----------------------------------------------------------------------------
     async def _delete_one(self, snap: Snapshot, result: SyncResult) -> None:
-        assert self._slots is not None
+        slots = self._slots
+        assert slots is not None
 
         async def attempt() -> bool:
             """True once the snapshot is gone; False when the copier stops or it is immutable."""
             if self._stopping.is_set():
                 return False
-            async with self._slots:
+            async with slots:
                 try:
                     await self._in_thread(self.secondary.delete, snap)
                 except ObjectNotFound:
@@ -462,7 +474,7 @@ class BackupCopier:
         try:
             deleted = await aretry_call(self._retry, attempt, retry_on=retryable, stop=self._stop_event,
                                         wait=self._retry_wait, on_stop=lambda last: False)
-        except Exception as last:
+        except Exception as last:  # noqa: BLE001 - recorded and reported; the run goes on with the next deletion
             result.delete_failed[snap.snap_name] = failure_reason(last)
             metrics.sync_deletions.labels(outcome="failure").inc()
             log.error(f"Failed to delete snapshot {snap.snap_name}: {failure_reason(last)}",

@@ -25,7 +25,7 @@ from ..errors import (
 from ..logs import redact
 from ..snapshot import Snapshot
 from ..snapstore import SnapStore
-from ..snapstore.streams import HashingReader
+from ..snapstore.streams import ByteStream, HashingReader
 from .plan import destination_for
 
 log = logging.getLogger("etcdbr.copier")
@@ -65,7 +65,7 @@ class CancellableReader(io.RawIOBase):
     """The primary's stream as the secondary's save reads it: stops with the copier, and a read
     failure is the primary's (the save would otherwise look like the secondary's failure)."""
 
-    def __init__(self, raw: BinaryIO, stopping: threading.Event) -> None:
+    def __init__(self, raw: ByteStream, stopping: threading.Event) -> None:
         self.raw = raw
         self.stopping = stopping
 
@@ -218,6 +218,6 @@ class VerifiedTransfer:
             self.secondary.delete(dst)
         except ObjectNotFound:
             pass
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - logged; the verification failure is what the caller raises
             log.error("could not delete a copy that failed verification",
                       extra={"snapshot": dst.snap_name, "error": failure_reason(exc)})

@@ -11,9 +11,10 @@ endpoint and the call.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import grpc
 
@@ -75,7 +76,7 @@ class EtcdClient:
         self.timeout = timeout
         self._target = target
         self._credentials = credentials
-        self._options = dict(CHANNEL_OPTIONS)
+        self._options: dict[str, int | str] = dict(CHANNEL_OPTIONS)
         if server_name:  # check the server's certificate against this name instead of the host
             self._options["grpc.ssl_target_name_override"] = server_name
         self._username = username
@@ -184,6 +185,34 @@ class EtcdClient:
     def _connected_channel(self) -> grpc.aio.Channel:
         assert self._channel is not None
         return self._channel
+
+
+class SharedClient:
+    """The one client a long-running component keeps (the server's leadership checks, the
+    snapshotter): made by ``factory`` on first use, dropped after a failure so that the next use
+    connects afresh, closed at the end. ``factory`` returns the client or an awaitable of it."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._client: EtcdClient | None = None
+
+    async def get(self) -> EtcdClient:
+        if self._client is None:
+            client = self._factory()
+            if inspect.isawaitable(client):
+                client = await client
+            self._client = client
+        return self._client
+
+    def forget(self) -> None:
+        """Drop the client without closing it: it belongs to an event loop that is gone."""
+        self._client = None
+
+    async def reset(self) -> None:
+        """Drop the client (:meth:`EtcdClient.close` never raises)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
 
 def connect(etcd_config: EtcdConnectionConfig, endpoint: str | None = None) -> EtcdClient:
@@ -298,7 +327,7 @@ async def member_promote(client: EtcdClient, member_id: int, *, timeout: float |
 
 
 # -- streams -----------------------------------------------------------------------------------
-async def snapshot_stream(client: EtcdClient, timeout: float | None = None) -> AsyncIterator[bytes]:
+async def snapshot_stream(client: EtcdClient, timeout: float | None = None) -> AsyncGenerator[bytes, None]:
     """The member's backend as etcd streams it: bbolt db then a 32-byte SHA-256 trailer, in chunks.
 
     etcd opens its read transaction before it sends the first chunk; the snapshotter relies on

@@ -8,7 +8,7 @@
 """
 
 from .compactor import Compactor, CompactResult
-from .initializer import InitResult, Initializer, InitStatus
+from .initializer import Initializer, InitResult, InitStatus
 from .restorer import Chain, Restorer
 from .selection import Selection, choose_store, select_source
 from .validator import DataDirStatus, Validation, validate_data_dir

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from ..errors import EtcdbrError, IntegrityError, RestoreError, StoreError
 from ..readahead import ReadAhead
 from ..snapshot import Snapshot
 
+if TYPE_CHECKING:
+    from ..snapstore.streams import ByteStream
+
 COPY_BUFFER = 1024 * 1024
 
 
 class CountingReader:
-    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None]) -> None:
+    def __init__(self, raw: ByteStream, on_bytes: Callable[[int], None]) -> None:
         self.raw = raw
         self.on_bytes = on_bytes
 
@@ -28,7 +31,7 @@ class CountingReader:
         self.raw.close()
 
 
-def _decompressing(raw: BinaryIO, snapshot: Snapshot) -> BinaryIO:
+def _decompressing(raw: ByteStream, snapshot: Snapshot) -> BinaryIO:
     from ..compression import decompressing_reader
 
     try:

@@ -48,8 +48,15 @@ from ..config import Config, InitializeOptions
 from ..errors import ConfigError, EtcdbrError, RestoreError
 from .binaries import EtcdRelease, find_release
 from .datadir import check_volume, move_aside, prune_asides, reason_word, recheck_after_wal_replay
-from .membership import (ClusterView, MemberReplacer, cluster_size, manual_replacement, parse_initial_cluster,
-                         probe_peer, wait_for_cluster)
+from .membership import (
+    ClusterView,
+    MemberReplacer,
+    cluster_size,
+    manual_replacement,
+    parse_initial_cluster,
+    probe_peer,
+    wait_for_cluster,
+)
 from .progress import Progress
 from .replay import embedded_limits
 from .restorer import Restorer
@@ -179,10 +186,7 @@ class Initializer:
     def _close(selection: Selection | None) -> None:
         if selection is not None:
             selection.close_others()
-            try:
-                selection.store.close()
-            except Exception:
-                pass
+            selection.store.close()
 
     @staticmethod
     def _keep(data_dir: Path, validation: Validation, mode: str) -> InitResult:

@@ -215,7 +215,7 @@ async def _probe(etcd_config: EtcdConnectionConfig, endpoints: Sequence[str],
     results = await asyncio.gather(*(_probe_client(etcd_config, ep) for ep in asked))
     view = ClusterView(peers=up, answering=[a for a, _ in results if a is not None], endpoints=tuple(asked))
     for answer, members in results:
-        if members is not None:
+        if answer is not None and members is not None:  # members come only with an answer
             view.members, view.endpoint = members, answer.endpoint
             break
     return view

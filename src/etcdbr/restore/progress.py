@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 log = logging.getLogger("etcdbr.restore")
 
@@ -11,7 +12,7 @@ log = logging.getLogger("etcdbr.restore")
 class Progress:
     def __init__(self, interactive: bool | None = None) -> None:
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
-        self._bar = None
+        self._bar: Any = None  # a tqdm bar on a terminal
 
     def info(self, message: str, **fields) -> None:
         if self._bar is not None:

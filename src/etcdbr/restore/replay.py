@@ -112,7 +112,7 @@ class DeltaReplay:
         self.member = member
         self.max_fetchers = max_fetchers
         self.progress = progress
-        self._next_guard = None  # see _replay
+        self._next_guard: proto.Compare | None = None  # see _replay
 
     def run(self, deltas: list[Snapshot], work: Path) -> int:
         """Replay ``deltas`` (downloaded into ``work``); returns the revision reached."""
@@ -143,6 +143,7 @@ class DeltaReplay:
             prepared = decoder.submit(self._prepare, pending.pop(0), where_of(0))
             for i, delta in enumerate(deltas):
                 where = where_of(i)
+                assert prepared is not None  # None only after the last delta
                 groups = prepared.result()
                 if i + window < total:
                     pending[i + window] = pool.submit(self._fetch, deltas[i + window],
@@ -172,7 +173,7 @@ class DeltaReplay:
         fetch_to_file(self.store, delta, path)
         return path
 
-    def _prepare(self, fetched: Future, where: str) -> list[tuple[int, int, list, object]]:
+    def _prepare(self, fetched: Future, where: str) -> list[tuple[int, int, list, proto.Compare]]:
         """Wait for a fetched delta, verify and decode it, and turn it into one (revision, event
         count, ops, guard) per revision. Runs in a thread of its own, one delta ahead of the replay."""
         from ..delta import decode_delta
@@ -196,7 +197,7 @@ class DeltaReplay:
                 "snapshot": delta.snap_name, "revision": revision})
             return revision
         skipped = 0
-        groups: list[tuple[int, list, object]] = []
+        groups: list[tuple[int, list, proto.Compare]] = []
         for group_rev, count, ops, guard in prepared:
             if group_rev <= revision:
                 skipped += count
@@ -219,7 +220,7 @@ class DeltaReplay:
         return actual
 
     # -- the pipelined, guarded transactions ----------------------------------------------------
-    def _replay(self, groups: list[tuple[int, list, object]], revision: int, where: str) -> int:
+    def _replay(self, groups: list[tuple[int, list, proto.Compare]], revision: int, where: str) -> int:
         """Apply ``groups`` (consecutive revisions after ``revision``: ops, guard) as one
         transaction each, up to REPLAY_IN_FLIGHT at a time; returns the revision reached.
 

@@ -159,7 +159,7 @@ class Restorer:
 
     def _restore(self, data_dir: str, chain: Chain, replace: bool, judged) -> int:
         from ..configcheck import check_member_urls
-        from .datadir import (guard_replacement, is_empty, is_no_space, no_room, prune_asides, reason_word)
+        from .datadir import guard_replacement, is_empty, is_no_space, no_room, prune_asides, reason_word
         from .validator import DataDirLocked, _check_unlocked
 
         self.check_chain(chain)

@@ -15,13 +15,18 @@ and says so with a warning.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..config import Config, StoreConfig
 from ..errors import ConfigError, EtcdbrError, IntegrityError, RestoreError
 from ..snapshot import Snapshot, latest_chain
 from ..verify import check_full, read_decompressed
 from .restorer import Chain
+
+if TYPE_CHECKING:
+    from ..snapstore import SnapStore
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,7 @@ FULL_VERIFY_LIMIT = 256 * 1024 * 1024
 class Candidate:
     role: str
     display: str
-    store: object | None = None
+    store: SnapStore | None = None
     chain: Chain | None = None
     error: EtcdbrError | None = None
     issues: list[str] = field(default_factory=list)
@@ -47,7 +52,7 @@ class Candidate:
 
 @dataclass
 class Selection:
-    store: object
+    store: SnapStore
     role: str
     reason: str
     chain: Chain | None = None
@@ -56,10 +61,7 @@ class Selection:
 
     def close_others(self) -> None:
         for other in self.others:
-            try:
-                other.close()
-            except Exception:  # closing a client is best effort
-                pass
+            other.close()
         self.others = []
 
 
@@ -96,7 +98,7 @@ def select_source(config: Config, *, mode: str | None = None, verify_full: bool 
                    _evaluate("secondary", config.secondary, verify_full))
 
 
-def choose_store(config: Config) -> tuple[object, str]:
+def choose_store(config: Config) -> tuple[SnapStore, str]:
     """``(store, reason)`` for ``--restore-from``; see :func:`select_source` for the chain too."""
     sel = select_source(config)
     sel.close_others()
@@ -175,12 +177,35 @@ def _describe(c: Candidate) -> str:
     return text + (f" ({'; '.join(c.issues)})" if c.issues else "")
 
 
+def _one_store_failed(primary: Candidate, secondary: Candidate, chosen: Callable[[Candidate, str], Selection],
+                      fail: Callable[[str], RestoreError]) -> Selection:
+    """:func:`_decide` when a store could not be read: the other one, if it has a chain."""
+    if primary.error is not None and secondary.error is not None:
+        raise fail(f"no store can be read: {_describe(primary)}; {_describe(secondary)}")
+    if primary.error is not None:
+        if secondary.chain is None:
+            # The secondary's "nothing" cannot stand for the primary, which might hold data.
+            raise fail(f"the primary store failed and the secondary has nothing usable: {_describe(primary)}; "
+                       f"{_describe(secondary)}")
+        log.warning("primary store cannot be read; falling back to the secondary store",
+                    extra={"primary": primary.display, "error": str(primary.error), "secondary": secondary.display})
+        return chosen(secondary, f"auto: primary failed ({primary.error}); secondary reaches revision "
+                                 f"{secondary.reach}")
+    if primary.chain is None:
+        raise fail(f"the secondary store failed and the primary has nothing usable: {_describe(secondary)}; "
+                   f"{_describe(primary)}")
+    log.warning("secondary store cannot be read; using the primary store",
+                extra={"secondary": secondary.display, "error": str(secondary.error)})
+    return chosen(primary, f"auto: secondary failed ({secondary.error}); primary reaches revision {primary.reach}")
+
+
 def _decide(primary: Candidate, secondary: Candidate) -> Selection:
     for c in (primary, secondary):
         log.info("restore candidate", extra={"role": c.role, "store": c.display, "summary": _describe(c)})
     stores = [c.store for c in (primary, secondary) if c.store is not None]
 
     def chosen(c: Candidate, reason: str) -> Selection:
+        assert c.store is not None  # a candidate with a chain was read from its store
         others = [s for s in stores if s is not c.store]
         truncated = bool(c.issues) and c.chain is not None
         if truncated:
@@ -194,29 +219,14 @@ def _decide(primary: Candidate, secondary: Candidate) -> Selection:
             s.close()
         return RestoreError(message)
 
-    usable = [c for c in (primary, secondary) if c.error is None and c.chain is not None]
-    if primary.error is not None and secondary.error is not None:
-        raise fail(f"no store can be read: {_describe(primary)}; {_describe(secondary)}")
-    if primary.error is not None:
-        if secondary.chain is None:
-            # The secondary's "nothing" cannot stand for the primary, which might hold data.
-            raise fail(f"the primary store failed and the secondary has nothing usable: {_describe(primary)}; "
-                       f"{_describe(secondary)}")
-        log.warning("primary store cannot be read; falling back to the secondary store",
-                    extra={"primary": primary.display, "error": str(primary.error), "secondary": secondary.display})
-        return chosen(secondary, f"auto: primary failed ({primary.error}); secondary reaches revision "
-                                 f"{secondary.reach}")
-    if secondary.error is not None:
-        if primary.chain is None:
-            raise fail(f"the secondary store failed and the primary has nothing usable: {_describe(secondary)}; "
-                       f"{_describe(primary)}")
-        log.warning("secondary store cannot be read; using the primary store",
-                    extra={"secondary": secondary.display, "error": str(secondary.error)})
-        return chosen(primary, f"auto: secondary failed ({secondary.error}); primary reaches revision {primary.reach}")
+    if primary.error is not None or secondary.error is not None:
+        return _one_store_failed(primary, secondary, chosen, fail)
+    usable = [c for c in (primary, secondary) if c.chain is not None]
     if not usable:
         if primary.issues or secondary.issues:
             raise fail(f"neither store has a usable chain: {_describe(primary)}; {_describe(secondary)}")
         # Both answered and both are empty: nothing to restore, reported by the restorer.
+        assert primary.store is not None  # it answered
         for s in stores:
             if s is not primary.store:
                 s.close()

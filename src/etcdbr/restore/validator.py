@@ -112,6 +112,45 @@ def _describe(members: list[dict]) -> list[str]:
     return [f"{m.get('name', '')!r} (peer URLs {','.join(m.get('peerURLs') or ()) or 'none'})" for m in members]
 
 
+def _structure(path: Path, db: Path, wal: Path, wal_files: list[str]) -> Validation | None:
+    """The verdict on a data dir that lacks the files of one, or None when they are there."""
+    if not path.exists():
+        return Validation(DataDirStatus.NOT_EXIST, f"{path} does not exist")
+    if not path.is_dir():
+        return Validation(DataDirStatus.INVALID_STRUCTURE, f"{path} is not a directory")
+    if not any(path.iterdir()):
+        return Validation(DataDirStatus.EMPTY, f"{path} is empty")
+    for needed in (path / "member", db.parent, wal):
+        if not needed.is_dir():
+            return Validation(DataDirStatus.INVALID_STRUCTURE, f"{needed} is missing")
+    if not db.is_file():
+        return Validation(DataDirStatus.INVALID_STRUCTURE, f"{db} is missing")
+    if not wal_files:
+        return Validation(DataDirStatus.INVALID_STRUCTURE, f"{wal} holds no WAL file")
+    return None
+
+
+def _full_checks(db: Path, wal: Path, wal_files: list[str], revision: int,
+                 release: EtcdRelease | Callable[[], EtcdRelease] | None) -> Validation | None:
+    """The full mode's checks beyond the sanity ones: WAL names and ``etcdutl snapshot status``."""
+    bad = [n for n in wal_files if not WAL_NAME.match(n)]
+    if bad:
+        return Validation(DataDirStatus.CORRUPT, f"unexpected WAL file name(s) in {wal}: {', '.join(sorted(bad))}")
+    if callable(release):
+        release = release()
+    if release is None:
+        return None
+    try:
+        status = db_status(release, db)
+    except CorruptDB as exc:
+        return Validation(DataDirStatus.CORRUPT, f"{db}: {exc}", revision=revision)
+    if int(status.get("revision", -1)) > revision:
+        # both read the same file: a disagreement means pages changed under us or are damaged
+        return Validation(DataDirStatus.CORRUPT, f"{db}: inconsistent revision ({status.get('revision')} vs "
+                          f"{revision})", revision=revision)
+    return None
+
+
 def validate_data_dir(data_dir: str | Path, mode: str, *, name: str | None, latest_revision: int | None,
                       release: EtcdRelease | Callable[[], EtcdRelease] | None = None,
                       peer_urls: Sequence[str] = ()) -> Validation:
@@ -124,23 +163,13 @@ def validate_data_dir(data_dir: str | Path, mode: str, *, name: str | None, late
     needed) runs the full mode's ``etcdutl snapshot status``; without it that step is skipped.
     ``name`` None: any member's data dir (no membership check)."""
     path = Path(data_dir)
-    if not path.exists():
-        return Validation(DataDirStatus.NOT_EXIST, f"{path} does not exist")
-    if not path.is_dir():
-        return Validation(DataDirStatus.INVALID_STRUCTURE, f"{path} is not a directory")
-    if not any(path.iterdir()):
-        return Validation(DataDirStatus.EMPTY, f"{path} is empty")
     member = path / "member"
     db = member / "snap" / "db"
     wal = member / "wal"
-    for needed in (member, member / "snap", wal):
-        if not needed.is_dir():
-            return Validation(DataDirStatus.INVALID_STRUCTURE, f"{needed} is missing")
-    if not db.is_file():
-        return Validation(DataDirStatus.INVALID_STRUCTURE, f"{db} is missing")
-    wal_files = [p.name for p in wal.iterdir() if p.name.endswith(".wal")]
-    if not wal_files:
-        return Validation(DataDirStatus.INVALID_STRUCTURE, f"{wal} holds no WAL file")
+    wal_files = [p.name for p in wal.iterdir() if p.name.endswith(".wal")] if wal.is_dir() else []
+    refusal = _structure(path, db, wal, wal_files)
+    if refusal is not None:
+        return refusal
     _check_unlocked(db)
     try:
         info = read_etcd_db(db)
@@ -154,20 +183,9 @@ def validate_data_dir(data_dir: str | Path, mode: str, *, name: str | None, late
                           f"the data dir belongs to member(s) {', '.join(recorded)}, not {name!r}",
                           revision=info.revision, members=recorded)
     if mode == "full":
-        bad = [n for n in wal_files if not WAL_NAME.match(n)]
-        if bad:
-            return Validation(DataDirStatus.CORRUPT, f"unexpected WAL file name(s) in {wal}: {', '.join(sorted(bad))}")
-        if callable(release):
-            release = release()
-        if release is not None:
-            try:
-                status = db_status(release, db)
-            except CorruptDB as exc:
-                return Validation(DataDirStatus.CORRUPT, f"{db}: {exc}", revision=info.revision)
-            if int(status.get("revision", -1)) > info.revision:
-                # both read the same file: a disagreement means pages changed under us or are damaged
-                return Validation(DataDirStatus.CORRUPT, f"{db}: inconsistent revision ({status.get('revision')} vs "
-                                  f"{info.revision})", revision=info.revision)
+        refusal = _full_checks(db, wal, wal_files, info.revision, release)
+        if refusal is not None:
+            return refusal
     if latest_revision is not None and info.revision < latest_revision:
         return Validation(DataDirStatus.REVISION_BEHIND,
                           f"db revision {info.revision} is behind the latest snapshot's revision {latest_revision}",

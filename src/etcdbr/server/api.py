@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 NOT_LEADER = "not the backup leader"
-SERVER_KEY = web.AppKey("server", object)
+SERVER_KEY: web.AppKey[BackupServer] = web.AppKey("server")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -221,8 +221,9 @@ async def _errors(request: web.Request, handler):
         return await handler(request)
     except web.HTTPException:
         raise
-    except Exception as exc:  # a handler bug answers 500, never a traceback page
-        log.warning("HTTP handler failed", extra={"path": request.path, "error": logs.redact(f"{type(exc).__name__}: {exc}")})
+    except Exception as exc:  # noqa: BLE001 - a handler bug answers 500, never a traceback page
+        log.warning("HTTP handler failed", extra={"path": request.path,
+                                                  "error": logs.redact(f"{type(exc).__name__}: {exc}")})
         return _error(500, "internal error")
 
 

@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
@@ -40,12 +40,13 @@ from ..errors import ConfigError, EtcdbrError, EtcdError
 from ..etcd import client as etcdclient
 from ..logs import redact
 from ..snapshotter import Snapshotter
-from ..snapstore import open_stores
+from ..snapstore import SnapStore, open_stores
 from . import api
 from .initialization import Initialization
 from .leader import LeaderElector, Role
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The flag groups of ``server`` (also the keys ``/config`` serves).
 SERVER_GROUPS = ("etcd", "store", "secondary", "sync", "snapshotter", "compression", "backoff",
@@ -64,12 +65,12 @@ class BackupServer:
         self.config_groups = SERVER_GROUPS
         self.has_provider = bool(config.store.provider)
         self.sync_configured = bool(config.sync.enabled and config.secondary_configured and self.has_provider)
-        self.primary = None
-        self.secondary = None
+        self.primary: SnapStore | None = None
+        self.secondary: SnapStore | None = None
         self.term: BackupRunner | None = None   # while leading
         self.stopping = False
         self._stop: asyncio.Event | None = None
-        self._client = None
+        self._etcd = etcdclient.SharedClient(lambda: etcdclient.connect(self.config.etcd))
         self.initialization = Initialization(self._initialize)
         self.elector = LeaderElector(
             self._check_leader,
@@ -124,25 +125,12 @@ class BackupServer:
         return cert, key
 
     # -- etcd ----------------------------------------------------------------------------------
-    def _etcd_client(self):
-        if self._client is None:
-            self._client = etcdclient.connect(self.config.etcd)
-        return self._client
-
-    async def _reset_client(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                await client.close()
-            except Exception:  # noqa: BLE001 - a broken channel may fail to close; it is dropped anyway
-                pass
-
     async def _check_leader(self) -> bool:
         timeout = min(ELECTION_TIMEOUT, self.config.etcd.connection_timeout.total_seconds())
         try:
-            status = await etcdclient.status(self._etcd_client(), timeout=timeout)
+            status = await etcdclient.status(await self._etcd.get(), timeout=timeout)
         except EtcdError:
-            await self._reset_client()
+            await self._etcd.reset()
             raise
         if status.leader_id == 0:
             raise EtcdError("etcd has no leader (quorum lost or an election is running)")
@@ -150,7 +138,7 @@ class BackupServer:
 
     async def cluster_endpoints(self) -> list[str]:
         """Client URLs of every member (for defragmentation), or ``--endpoints`` if unknown."""
-        client = self._etcd_client()
+        client = await self._etcd.get()
         try:
             members = await etcdclient.member_list(client, linearizable=False,
                                                    timeout=self.config.etcd.connection_timeout.total_seconds())
@@ -192,7 +180,7 @@ class BackupServer:
             log.info("stop requested; shutting down")
             self._stop.set()
 
-    async def _until_stopped(self, coro: Awaitable) -> tuple[bool, object]:
+    async def _until_stopped(self, coro: Awaitable[T]) -> tuple[bool, T | None]:
         """Await ``coro`` unless a stop comes first: ``(stopped, result)``."""
         assert self._stop is not None
         work = asyncio.ensure_future(coro)
@@ -230,7 +218,7 @@ class BackupServer:
         try:
             if self.has_provider:
                 stopped, stores = await self._until_stopped(asyncio.to_thread(open_stores, self.config))
-                if stopped:
+                if stopped or stores is None:
                     return 0
                 self.primary, self.secondary = stores
             else:
@@ -246,7 +234,7 @@ class BackupServer:
             await self.elector.resign("shutdown")
             await self.initialization.cancel()
             await runner.cleanup()
-            await self._reset_client()
+            await self._etcd.reset()
             for store in (self.primary, self.secondary):
                 if store is not None:
                     store.close()

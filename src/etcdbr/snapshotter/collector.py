@@ -23,8 +23,8 @@ from datetime import datetime
 from typing import Any, Awaitable, Callable
 
 from .. import metrics
-from ..etcd import client as etcdclient
 from ..delta import DeltaEncoder, Event, EventType, KeyValue, format_go_time
+from ..etcd import client as etcdclient
 from ..retry import UNLIMITED, Policy
 
 log = logging.getLogger("etcdbr.snapshotter")
@@ -127,6 +127,7 @@ class DeltaCollector:
             # first, a full snapshot is the answer to the second.
             log.info("delta does not begin at its start revision", extra={
                 "start_revision": start, "first_event_revision": encoder.first_revision})
+        assert encoder.last_revision is not None  # it holds events
         self.pending.append(SealedDelta(start, encoder.last_revision, encoder.finish(), encoder.count))
 
     def _capture_time(self) -> str:
@@ -170,6 +171,7 @@ class DeltaCollector:
         retries = 0
         while True:
             start = self.next_rev
+            assert start is not None  # start_watch checked it; it is never unset
             try:
                 client = await get_client()
                 async for response in etcdclient.watch_responses(client, start):

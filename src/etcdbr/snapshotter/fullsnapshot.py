@@ -15,10 +15,13 @@ import io
 import logging
 import queue
 from dataclasses import dataclass
-from typing import AsyncIterator, BinaryIO, Callable
+from typing import TYPE_CHECKING, AsyncGenerator, AsyncIterator, BinaryIO, Callable
 
 from ..errors import EtcdError, IntegrityError
 from ..etcd import client as etcdclient
+
+if TYPE_CHECKING:
+    from ..snapstore.streams import ByteStream
 
 log = logging.getLogger("etcdbr.snapshotter")
 
@@ -124,7 +127,7 @@ class TrailerVerifier(io.RawIOBase):
     handed out, so a consumer never sees the end of a stream that failed its check.
     """
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: ByteStream) -> None:
         super().__init__()
         self.raw = raw
         self._hash = hashlib.sha256()
@@ -172,7 +175,7 @@ class TrailerVerifier(io.RawIOBase):
 class FencedStream:
     """An open snapshot stream with the revision its data holds."""
 
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
     first: bytes
     revision: int
     exact: bool
@@ -226,7 +229,7 @@ async def open_fenced_snapshot(client, timeout: float | None, attempts: int = FE
 async def upload_stream(
     fenced: FencedStream,
     save: Callable[[BinaryIO], int],
-    wrap: Callable[[BinaryIO], BinaryIO],
+    wrap: Callable[[ByteStream], BinaryIO],
 ) -> tuple[int, int]:
     """Stream ``fenced`` into ``save`` (run in a worker thread) through the trailer check and ``wrap``
     (the compressor). Returns (bytes read from etcd, bytes stored)."""

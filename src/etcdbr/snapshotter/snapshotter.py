@@ -7,7 +7,6 @@ watch and its event buffer in ``collector``, the full snapshot's stream in ``ful
 from __future__ import annotations
 
 import asyncio
-import inspect
 import io
 import logging
 import time
@@ -15,11 +14,11 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from .. import metrics
-from ..etcd import client as etcdclient
 from ..compression import compressing_reader, suffix_for
 from ..config import Config
 from ..errors import EtcdbrError
-from ..retry import aretry_call, any_failure, wait_unless_stopped
+from ..etcd import client as etcdclient
+from ..retry import any_failure, aretry_call, wait_unless_stopped
 from ..snapshot import Kind, Snapshot, latest_chain, new_snapshot
 from . import fullsnapshot
 from .collector import DeltaCollector
@@ -54,7 +53,7 @@ class Snapshotter:
         self.sconfig = config.snapshotter
         self._client_factory = client_factory or (lambda: etcdclient.connect(config.etcd))
         self._clock = clock
-        self._client = None
+        self._etcd = etcdclient.SharedClient(self._client_factory)
         self._bound_loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._listeners = Listeners()
@@ -91,7 +90,7 @@ class Snapshotter:
         self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Event()
-        self._client = None
+        self._etcd.forget()
         self._collector.forget_watch()
 
     @property
@@ -119,9 +118,7 @@ class Snapshotter:
     async def close(self) -> None:
         await self._stop_watch()
         await self._listeners.wait(timeout=5)
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        await self._etcd.reset()
 
     async def take_full_snapshot(self, final: bool = False) -> Snapshot:
         """Take a full snapshot now (``final``: the one taken on shutdown, named ``.final``).
@@ -132,7 +129,7 @@ class Snapshotter:
         self._bind_loop()
         async with self._lock:
             await self._ensure_loaded()
-            client = await self._get_client()
+            client = await self._etcd.get()
             prev = self._prev
             if final and prev is not None and prev.is_full and prev.is_final:
                 revision = (await etcdclient.status(client)).revision
@@ -152,7 +149,7 @@ class Snapshotter:
                 if not isinstance(exc, asyncio.CancelledError):
                     self._record_failure(FULL, exc, started)
                     if etcdclient.needs_reconnect(exc):
-                        await self._reset_client()
+                        await self._etcd.reset()
                 if was_watching:
                     self._start_watch()  # the buffer is intact; keep collecting from where it was
                 raise
@@ -241,7 +238,7 @@ class Snapshotter:
     async def _startup_delta(self) -> bool:
         """Collect what happened since the latest snapshot and upload it as one delta.
         Returns False when a full snapshot is needed instead."""
-        client = await self._get_client()
+        client = await self._etcd.get()
         prev = self._prev
         assert prev is not None
         revision = await etcdclient.current_revision(client)
@@ -252,6 +249,7 @@ class Snapshotter:
         self._watching = True
         self._start_watch()
         deadline = time.monotonic() + CATCH_UP_TIMEOUT
+        assert self._collector.next_rev is not None  # set by _ensure_loaded from the previous snapshot
         while self._collector.next_rev <= revision and not self._full_required_reason:
             self._progress.clear()
             remaining = deadline - time.monotonic()
@@ -278,7 +276,7 @@ class Snapshotter:
                 return await fn()
             except Exception as exc:
                 if etcdclient.needs_reconnect(exc):
-                    await self._reset_client()
+                    await self._etcd.reset()
                 if stop.is_set():
                     return None
                 raise
@@ -434,7 +432,7 @@ class Snapshotter:
 
     # -- watch -------------------------------------------------------------------------------
     def _start_watch(self) -> None:
-        if self._collector.start_watch(self._get_client, self._reset_client, self._on_watch_response,
+        if self._collector.start_watch(self._etcd.get, self._etcd.reset, self._on_watch_response,
                                        on_compacted=lambda: self._require_full("watch start revision compacted")):
             self._watching = True
 
@@ -454,22 +452,6 @@ class Snapshotter:
             self._wakeup.set()
 
     # -- helpers -----------------------------------------------------------------------------
-    async def _get_client(self):
-        if self._client is None:
-            client = self._client_factory()
-            if inspect.isawaitable(client):
-                client = await client
-            self._client = client
-        return self._client
-
-    async def _reset_client(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                await client.close()
-            except Exception:  # noqa: BLE001
-                pass
-
     async def _ensure_loaded(self) -> None:
         if self._loaded:
             return

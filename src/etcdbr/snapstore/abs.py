@@ -46,7 +46,15 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSettings, LinearRetry, generate_blob_sas
 
 from .. import logs
-from ..errors import ConfigError, EtcdbrError, ImmutableObject, ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
+from ..errors import (
+    ConfigError,
+    EtcdbrError,
+    ImmutableObject,
+    ObjectNotFound,
+    PermissionDenied,
+    StoreError,
+    StoreUnavailable,
+)
 from ..retry import SDK_ATTEMPTS, SDK_RETRY_PAUSE
 from ..snapshot import Snapshot
 from .base import ObjectAttrs, SnapStore
@@ -119,8 +127,10 @@ class ABSStore(ObjectStore):
                 # The SDK's default waits 15 s and more between tries; an unreachable store should
                 # be reported within seconds (our callers retry at their own pace): SDK_ATTEMPTS
                 # tries per request, each bounded by --store-timeout, about SDK_RETRY_PAUSE apart.
-                retry_policy=LinearRetry(backoff=SDK_RETRY_PAUSE, retry_total=SDK_ATTEMPTS - 1,
-                                         random_jitter_range=SDK_RETRY_PAUSE / 2),
+                # (azure-storage-blob annotates the pauses as int; its policy computes with floats.)
+                retry_policy=LinearRetry(backoff=SDK_RETRY_PAUSE,  # type: ignore[arg-type]
+                                         retry_total=SDK_ATTEMPTS - 1,
+                                         random_jitter_range=SDK_RETRY_PAUSE / 2),  # type: ignore[arg-type]
                 connection_timeout=self.connect_timeout,
                 read_timeout=self.request_timeout,
                 max_single_get_size=READ_CHUNK,
@@ -252,23 +262,23 @@ class ABSStore(ObjectStore):
     # -- server-side copy --------------------------------------------------------------------
     def copy_from(self, other: SnapStore, src: Snapshot, dst: Snapshot) -> bool:
         """Copy inside the storage service when ``other`` is on the same account; else False."""
-        other = self._peer(other)
-        if other is None:
+        peer = self._peer(other)
+        if peer is None:
             return False
-        src_key, dst_key = other.object_key(src), self.object_key(dst)
-        source = other._blob(src_key)
+        src_key, dst_key = peer.object_key(src), self.object_key(dst)
+        source = peer._blob(src_key)
         try:
             size = src.size
             if size is None:
                 size = int(source.get_blob_properties().size)
         except Exception as exc:
-            raise other._error(exc, src_key) from exc
+            raise peer._error(exc, src_key) from exc
         if size == 0:
             self._put_small(dst_key, b"")
             return True
         now = datetime.now(timezone.utc)
         sas = generate_blob_sas(
-            other.account, other.container_name, src_key, account_key=other._key,
+            peer.account, peer.container_name, src_key, account_key=peer._key,
             permission=BlobSasPermissions(read=True), start=now - timedelta(minutes=5), expiry=now + COPY_SAS_LIFETIME,
         )
         source_url = f"{source.url}?{sas}"
@@ -290,7 +300,7 @@ class ABSStore(ObjectStore):
         try:
             self._in_parts(dst_key, upload, ranges, stage, commit)
         except PermissionDenied as exc:
-            return self._copy_refused(other, src_key, exc.reason)
+            return self._copy_refused(peer, src_key, exc.reason)
         return True
 
 

@@ -23,6 +23,7 @@ when they are rotated. :func:`~.opening.open_store` picks and builds the right o
 from __future__ import annotations
 
 import abc
+import builtins
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
@@ -130,12 +131,13 @@ class SnapStore(abc.ABC):
         None when this provider (or this object's encryption) offers no such digest."""
         return None
 
-    def staging_leftovers(self) -> list[Leftover]:
+    def staging_leftovers(self) -> builtins.list[Leftover]:
         """Pieces of interrupted uploads in this store's staging area (``verify`` reports them)."""
         return []
 
-    def close(self) -> None:
-        """Release clients and pools."""
+    def close(self) -> None:  # noqa: B027 - optional: a store without clients or pools has nothing to release
+        """Release clients and pools. Never raises: closing is best effort (see ``ObjectStore._close_client``),
+        so callers need no guard of their own."""
 
     @property
     def credentials_generation(self) -> int:

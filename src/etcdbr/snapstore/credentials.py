@@ -31,7 +31,7 @@ class Credentials:
 
     def fingerprint(self) -> tuple:
         """Changes when any source file changes; cheap enough to poll before each snapshot."""
-        out = []
+        out: list[tuple[str, int | None, int | None]] = []
         for src in self.sources:
             try:
                 st = os.stat(src)

@@ -42,7 +42,15 @@ from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
-from ..errors import ConfigError, EtcdbrError, ImmutableObject, ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
+from ..errors import (
+    ConfigError,
+    EtcdbrError,
+    ImmutableObject,
+    ObjectNotFound,
+    PermissionDenied,
+    StoreError,
+    StoreUnavailable,
+)
 from ..snapshot import Snapshot
 from .base import ObjectAttrs, SnapStore
 from .gcsclient import GOOGLE_ENDPOINT, build_client, sdk_retry
@@ -93,7 +101,8 @@ class GCSStore(ObjectStore):
         self._timeout = (self.connect_timeout, self.request_timeout)
         self._retry = sdk_retry()
         self.staging_root = self.list_root() + STAGING_DIR + "/"
-        self._upload_url = f"{self.client._connection.API_BASE_URL}/upload/storage/v1/b/{quote(self.bucket_name, safe='')}/o"
+        bucket = quote(self.bucket_name, safe="")
+        self._upload_url = f"{self.client._connection.API_BASE_URL}/upload/storage/v1/b/{bucket}/o"
 
     def close(self) -> None:
         self._close_client(self.client)
@@ -122,23 +131,11 @@ class GCSStore(ObjectStore):
         elif isinstance(exc, InvalidResponse):
             status, message = int(getattr(exc.response, "status_code", 0) or 0), first_line(exc)
         if status:
-            detail = f"HTTP {status}: {message}" if message else f"HTTP {status}"
-            if status == 404:
-                # Listing a prefix never 404s for want of objects: only the bucket can be missing.
-                if listing or "bucket" in message.lower():
-                    return StoreError(f"bucket {self.bucket_name!r} does not exist at {self.endpoint_display}",
-                                      endpoint=endpoint, key=key)
-                return ObjectNotFound("no such object", endpoint=endpoint, key=key)
-            if status == 403 and _IMMUTABLE_MESSAGE.search(message):
-                return ImmutableObject(f"refused under retention or hold: {message}", endpoint=endpoint, key=key)
-            if status in (401, 403):
-                return PermissionDenied(f"access refused by {self.endpoint_display}: {detail}", endpoint=endpoint, key=key)
-            if status in (408, 429) or status >= 500:
-                return StoreUnavailable(f"{self.endpoint_display} answered {detail}", endpoint=endpoint, key=key)
-            return StoreError(f"{self.endpoint_display} refused the request: {detail}", endpoint=endpoint, key=key)
+            return self._http_error(status, message, endpoint, key, listing)
         if isinstance(exc, auth_exceptions.RefreshError):
             if getattr(exc, "retryable", False):
-                return StoreUnavailable(f"cannot refresh the access token: {first_line(exc)}", endpoint=endpoint, key=key)
+                return StoreUnavailable(f"cannot refresh the access token: {first_line(exc)}", endpoint=endpoint,
+                                        key=key)
             return PermissionDenied(f"credentials refused: {first_line(exc)}", endpoint=endpoint, key=key)
         if isinstance(exc, auth_exceptions.DefaultCredentialsError):
             return ConfigError(f"{endpoint}: {first_line(exc)}")
@@ -149,8 +146,27 @@ class GCSStore(ObjectStore):
                                     endpoint=endpoint, key=key)
         if isinstance(exc, (requests.RequestException, auth_exceptions.TransportError, api_exceptions.RetryError,
                             ConnectionError, TimeoutError, OSError)):
-            return StoreUnavailable(f"cannot reach {self.endpoint_display}: {short_reason(exc)}", endpoint=endpoint, key=key)
+            return StoreUnavailable(f"cannot reach {self.endpoint_display}: {short_reason(exc)}", endpoint=endpoint,
+                                    key=key)
         return StoreUnavailable(f"{type(exc).__name__}: {first_line(exc)}", endpoint=endpoint, key=key)
+
+    def _http_error(self, status: int, message: str, endpoint: str, key: str, listing: bool) -> EtcdbrError:
+        """The error for an HTTP answer of ``status`` (part of :meth:`_error`)."""
+        detail = f"HTTP {status}: {message}" if message else f"HTTP {status}"
+        if status == 404:
+            # Listing a prefix never 404s for want of objects: only the bucket can be missing.
+            if listing or "bucket" in message.lower():
+                return StoreError(f"bucket {self.bucket_name!r} does not exist at {self.endpoint_display}",
+                                  endpoint=endpoint, key=key)
+            return ObjectNotFound("no such object", endpoint=endpoint, key=key)
+        if status == 403 and _IMMUTABLE_MESSAGE.search(message):
+            return ImmutableObject(f"refused under retention or hold: {message}", endpoint=endpoint, key=key)
+        if status in (401, 403):
+            return PermissionDenied(f"access refused by {self.endpoint_display}: {detail}", endpoint=endpoint,
+                                    key=key)
+        if status in (408, 429) or status >= 500:
+            return StoreUnavailable(f"{self.endpoint_display} answered {detail}", endpoint=endpoint, key=key)
+        return StoreError(f"{self.endpoint_display} refused the request: {detail}", endpoint=endpoint, key=key)
 
     # -- listing -----------------------------------------------------------------------------
     def _check(self) -> None:
@@ -185,7 +201,7 @@ class GCSStore(ObjectStore):
             stale = [b.name for b in self.client.list_blobs(self.bucket, prefix=self.staging_root, page_size=LIST_PAGE,
                                                             timeout=self._timeout, retry=self._retry)
                      if b.updated is not None and b.updated < cutoff]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - best effort: the sweep runs again with the next store
             log.warning("could not list abandoned upload leftovers",
                         extra={"store": self.display, "error": str(self._error(exc, self.staging_root))})
             return
@@ -213,7 +229,7 @@ class GCSStore(ObjectStore):
                 self.bucket.delete_blob(name, timeout=self._timeout, retry=self._retry)
             except api_exceptions.NotFound:
                 pass
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - best effort: a leftover is swept later
                 log.warning("could not delete staging object",
                             extra={"store": self.display, "key": name, "error": str(self._error(exc, name))})
 
@@ -251,7 +267,7 @@ class GCSStore(ObjectStore):
                 # object must go, or the exclusive retry would take it for an earlier success.
                 try:
                     self.bucket.delete_blob(name, timeout=self._timeout)
-                except Exception:
+                except Exception:  # noqa: BLE001 - the mismatch raised below is what matters; the retry replaces it
                     pass
                 raise DataCorruption(response, f"crc32c mismatch: sent {expected}, stored {stored}")
 
@@ -332,7 +348,7 @@ class GCSStore(ObjectStore):
             self._compose(upload.key, sources, upload.key)
         try:
             self._remove_staging(upload)
-        except Exception as exc:  # the snapshot is stored; leftovers are swept later
+        except Exception as exc:  # noqa: BLE001 - the snapshot is stored; leftovers are swept later
             log.warning("could not remove upload staging objects",
                         extra={"store": self.display, "key": upload.key, "error": str(self._error(exc, upload.key))})
 
@@ -367,11 +383,11 @@ class GCSStore(ObjectStore):
         bucket; when GCS refuses (403), False lets the caller stream the bytes instead. The
         destination appears only when the rewrite is complete.
         """
-        other = self._peer(other)
-        if other is None:
+        peer = self._peer(other)
+        if peer is None:
             return False
-        src_key, dst_key = other.object_key(src), self.object_key(dst)
-        source = self.client.bucket(other.bucket_name).blob(src_key)
+        src_key, dst_key = peer.object_key(src), self.object_key(dst)
+        source = self.client.bucket(peer.bucket_name).blob(src_key)
         target = self.bucket.blob(dst_key)
         token = None
         try:
@@ -380,9 +396,9 @@ class GCSStore(ObjectStore):
                 if token is None:
                     break
         except Exception as exc:
-            mapped = self._error(exc, src_key, bucket=other.bucket_name)
+            mapped = self._error(exc, src_key, bucket=peer.bucket_name)
             if isinstance(mapped, PermissionDenied):
-                return self._copy_refused(other, src_key, mapped.reason)
+                return self._copy_refused(peer, src_key, mapped.reason)
             raise mapped from exc
         return True
 

@@ -159,12 +159,16 @@ def _credentials_from_info(info: dict):
     if kind == "external_account":
         source = info.get("credential_source") or {}
         if str(source.get("environment_id", "")).startswith("aws"):
-            from google.auth import aws as module
-        elif "executable" in source:
-            from google.auth import pluggable as module
-        else:
-            from google.auth import identity_pool as module
-        return module.Credentials.from_info(info, scopes=list(SCOPES))
+            from google.auth import aws
+
+            return aws.Credentials.from_info(info, scopes=list(SCOPES))
+        if "executable" in source:
+            from google.auth import pluggable
+
+            return pluggable.Credentials.from_info(info, scopes=list(SCOPES))
+        from google.auth import identity_pool
+
+        return identity_pool.Credentials.from_info(info, scopes=list(SCOPES))
     raise ValueError(f"credentials of type {kind!r} are not supported (service_account or external_account)")
 
 

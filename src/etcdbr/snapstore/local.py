@@ -29,8 +29,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..fsutil import fsync_dir
 from ..errors import ObjectNotFound, PermissionDenied, StoreError, StoreUnavailable
+from ..fsutil import fsync_dir
 from ..snapshot import Snapshot
 from .base import Leftover, ObjectAttrs, SnapStore
 from .providers import LOCAL, STAGING_DIR

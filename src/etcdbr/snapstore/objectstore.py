@@ -12,7 +12,7 @@ import abc
 import logging
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Self, TypeVar
 
 from ..errors import EtcdbrError, StoreError, StoreUnavailable
 from ..retry import STORE_PART, Policy, retry_call
@@ -60,7 +60,8 @@ class ObjectStore(SnapStore):
 
     def _timed_out(self, where: str, connecting: bool = False) -> str:
         """The reason of a request that ran into its timeout, naming the flag that sets it."""
-        flag = {"SECONDARY_": "--secondary-", "SOURCE_": "--source-"}.get(self.config.env_prefix, "--") + "store-timeout"
+        flag_prefix = {"SECONDARY_": "--secondary-", "SOURCE_": "--source-"}.get(self.config.env_prefix, "--")
+        flag = flag_prefix + "store-timeout"
         if connecting:
             return f"could not connect to {where} within {self.connect_timeout:g}s"
         return f"{where} did not answer within {self.request_timeout:g}s ({flag})"
@@ -117,7 +118,7 @@ class ObjectStore(SnapStore):
         store is unavailable (the only failure a retry can change)."""
         return retry_call(self.part_retry, lambda: self._call(key, fn))
 
-    def _peer(self, other: SnapStore) -> "ObjectStore | None":
+    def _peer(self, other: SnapStore) -> Self | None:
         """``other`` (its current store, if it is wrapped) when it is of this provider and on this
         service, so that a server-side copy can work; else None."""
         other = other.resolve()
@@ -137,7 +138,8 @@ class ObjectStore(SnapStore):
         """Run ``step`` on every item, ``max_parallel_chunk_uploads`` at a time, then
         ``complete(results)``; on any failure ``upload`` is aborted and the failure raised."""
         try:
-            with ThreadPoolExecutor(max(1, self.config.max_parallel_chunk_uploads), thread_name_prefix="part-copy") as pool:
+            with ThreadPoolExecutor(max(1, self.config.max_parallel_chunk_uploads),
+                                    thread_name_prefix="part-copy") as pool:
                 results = list(pool.map(step, items))
             complete(results)
         except BaseException:
@@ -147,14 +149,14 @@ class ObjectStore(SnapStore):
     def _abort_quietly(self, key: str, upload: Any) -> None:
         try:
             self._abort_upload(upload)
-        except Exception as exc:  # the original failure matters more; leftovers are swept later
+        except Exception as exc:  # noqa: BLE001 - the original failure matters more; leftovers are swept later
             log.warning("could not abort upload", extra={"store": self.display, "key": key, "error": str(exc)})
 
     @staticmethod
     def _close_client(client) -> None:
         try:
             client.close()
-        except Exception:  # closing is best effort: the pool dies with the process anyway
+        except Exception:  # noqa: BLE001 - closing is best effort: the pool dies with the process anyway
             pass
 
     # -- provider primitives -----------------------------------------------------------------
@@ -261,8 +263,9 @@ class ChunkedUpload:
                     del data
                 wait(futures, return_when=FIRST_EXCEPTION)
                 for f in futures:
-                    if f.done() and f.exception():
-                        raise f.exception()
+                    error = f.exception() if f.done() else None
+                    if error is not None:
+                        raise error
             parts = [results[n] for n in sorted(results)]
             self._retry(lambda: self.store._complete_upload(upload, parts))
             return total

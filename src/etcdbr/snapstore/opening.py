@@ -29,8 +29,10 @@ def store_class(provider: str) -> type[SnapStore]:
     for one whose SDK is not installed (naming the extra that installs it)."""
     if provider not in IMPLEMENTATIONS:
         if provider in UNSUPPORTED_PROVIDERS:
-            raise ConfigError(f"storage provider {provider!r} is not supported by this tool; use one of {', '.join(PROVIDERS)}")
-        raise ConfigError(f"unknown storage provider {provider!r}; expected one of {', '.join(PROVIDERS)} (case-sensitive)")
+            raise ConfigError(f"storage provider {provider!r} is not supported by this tool; "
+                              f"use one of {', '.join(PROVIDERS)}")
+        raise ConfigError(f"unknown storage provider {provider!r}; "
+                          f"expected one of {', '.join(PROVIDERS)} (case-sensitive)")
     impl = IMPLEMENTATIONS[provider]
     try:
         module = importlib.import_module(impl.module)
@@ -93,7 +95,8 @@ def open_stores(config: "Config", opener: Callable[["StoreConfig"], SnapStore] =
     secondary_error: EtcdbrError | None = None
     if config.sync.enabled:
         if not config.secondary_configured:
-            secondary_error = ConfigError("--backup-sync-enabled is set but no --secondary-storage-provider is configured")
+            secondary_error = ConfigError(
+                "--backup-sync-enabled is set but no --secondary-storage-provider is configured")
         elif same_location(config.store, config.secondary):
             secondary_error = ConfigError("the secondary snapstore is the same location as the primary")
         else:

@@ -14,6 +14,7 @@ wait, all of them by :meth:`RotatingStore.close`).
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
@@ -76,7 +77,7 @@ class RotatingStore(SnapStore):
                 return store
             self._retired.append(store)
             while len(self._retired) > RETIRED_KEPT:
-                _close_quietly(self._retired.pop(0))
+                self._retired.pop(0).close()
             self._fingerprint = _fingerprint(fresh)
             self._current = fresh
             self._generation += 1
@@ -138,14 +139,14 @@ class RotatingStore(SnapStore):
     def content_fingerprint(self, snapshot: Snapshot) -> tuple[int, str] | None:
         return self.resolve().content_fingerprint(snapshot)
 
-    def staging_leftovers(self) -> list[Leftover]:
+    def staging_leftovers(self) -> builtins.list[Leftover]:
         return self.resolve().staging_leftovers()
 
     def close(self) -> None:
         with self._lock:
             stores, self._retired = [self._current, *self._retired], []
         for store in stores:
-            _close_quietly(store)
+            store.close()
 
     def __getattr__(self, name: str):
         # Only called for names this class lacks: the provider's own attributes.
@@ -153,9 +154,3 @@ class RotatingStore(SnapStore):
             raise AttributeError(name)
         return getattr(self._current, name)
 
-
-def _close_quietly(store: SnapStore) -> None:
-    try:
-        store.close()
-    except Exception as exc:  # best effort: it only frees connections
-        log.debug("could not close a replaced store", extra={"store": store.display, "error": str(exc)})

@@ -21,7 +21,6 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectTimeoutError,
-    ConnectionError as BotoConnectionError,
     HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
@@ -29,6 +28,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
     SSLError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from .. import logs
@@ -192,7 +194,7 @@ class S3Store(ObjectStore):
             # Only keys that name snapshots are ours, even when the bucket is shared with others.
             stale = [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads", [])
                      if u.get("Initiated") is not None and _utc(u["Initiated"]) < cutoff and _is_snapshot_key(u["Key"])]
-        except Exception as exc:  # e.g. no s3:ListBucketMultipartUploads permission
+        except Exception as exc:  # noqa: BLE001 - best effort, e.g. without s3:ListBucketMultipartUploads
             log.debug("could not list abandoned multipart uploads",
                       extra={"store": self.display, "error": str(self._error(exc))})
             return
@@ -200,7 +202,7 @@ class S3Store(ObjectStore):
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
                 log.info("aborted an abandoned multipart upload", extra={"store": self.display, "key": key})
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - best effort: the next sweep tries again
                 log.warning("could not abort an abandoned multipart upload",
                             extra={"store": self.display, "key": key, "error": str(self._error(exc, key))})
 
@@ -372,34 +374,34 @@ class S3Store(ObjectStore):
         The copy is made with this store's credentials, so they must be able to read the source
         bucket; when the service refuses (403), False lets the caller fall back to streaming.
         """
-        other = self._peer(other)
-        if other is None:
+        peer = self._peer(other)
+        if peer is None:
             return False
-        src_key, dst_key = other.object_key(src), self.object_key(dst)
-        source = {"Bucket": other.bucket, "Key": src_key}
+        src_key, dst_key = peer.object_key(src), self.object_key(dst)
+        source = {"Bucket": peer.bucket, "Key": src_key}
         if src.version_id:
             source["VersionId"] = src.version_id
-        source_sse = {f"CopySource{k}": v for k, v in other._sse.items()}
+        source_sse = {f"CopySource{k}": v for k, v in peer._sse.items()}
         try:
             size = src.size
             if size is None:
-                size = int(other._head(source, src_key)["ContentLength"])
+                size = int(peer._head(source, src_key)["ContentLength"])
             if size <= MAX_SINGLE_COPY:
                 self._retrying(dst_key, lambda: self.client.copy_object(
                     Bucket=self.bucket, Key=dst_key, CopySource=source, **source_sse, **self._sse))
             else:
                 self._multipart_copy(source, source_sse, dst_key, size)
         except PermissionDenied as exc:
-            return self._copy_refused(other, src_key, exc.reason)
+            return self._copy_refused(peer, src_key, exc.reason)
         except ClientError as exc:
-            mapped = self._error(exc, src_key, bucket=other.bucket)
+            mapped = self._error(exc, src_key, bucket=peer.bucket)
             if isinstance(mapped, PermissionDenied):
-                return self._copy_refused(other, src_key, mapped.reason)
+                return self._copy_refused(peer, src_key, mapped.reason)
             raise mapped from exc
         except StoreError:
             raise
         except Exception as exc:
-            raise self._error(exc, src_key, bucket=other.bucket) from exc
+            raise self._error(exc, src_key, bucket=peer.bucket) from exc
         return True
 
     def content_fingerprint(self, snapshot: Snapshot) -> tuple[int, str] | None:

@@ -4,10 +4,19 @@ failures become our errors."""
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Protocol
 
 if TYPE_CHECKING:
-    from .base import SnapStore
+    from .objectstore import ObjectStore
+
+
+class ByteStream(Protocol):
+    """What the stream wrappers read from: a binary file, or another wrapper (an
+    ``io.RawIOBase`` whose ``read`` returns bytes, b"" at the end)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 def read_full(stream: BinaryIO, size: int) -> bytes:
@@ -25,7 +34,7 @@ def read_full(stream: BinaryIO, size: int) -> bytes:
 class HashingReader(io.RawIOBase):
     """Pass bytes through while hashing and counting them (used to verify copies)."""
 
-    def __init__(self, raw: BinaryIO, hasher) -> None:
+    def __init__(self, raw: ByteStream, hasher) -> None:
         self.raw = raw
         self.hasher = hasher
         self.count = 0
@@ -57,7 +66,7 @@ class HashingReader(io.RawIOBase):
 class TranslatingReader(io.RawIOBase):
     """An SDK's object body as a raw stream whose read failures are our errors (store and key named)."""
 
-    def __init__(self, body, store: "SnapStore", key: str) -> None:
+    def __init__(self, body, store: ObjectStore, key: str) -> None:
         self._body = body
         self._store = store
         self._key = key
@@ -78,7 +87,7 @@ class TranslatingReader(io.RawIOBase):
         if not self.closed:
             try:
                 self._body.close()
-            except Exception:  # closing a half-read HTTP body may fail; the data is not needed
+            except Exception:  # noqa: BLE001 - closing a half-read HTTP body may fail; the data is not needed
                 pass
             finally:
                 super().close()
