@@ -73,10 +73,8 @@ def tls_credentials(config: EtcdConnectionConfig, host: str, port: int) -> tuple
 
 def certificate_name(pem: str) -> str | None:
     """The first DNS name of a PEM certificate's SANs, else its common name."""
-    try:
-        from cryptography import x509  # optional; only for the skip-verify approximation
-    except ImportError:  # pragma: no cover
-        return None
+    from cryptography import x509  # only for the skip-verify approximation
+
     try:
         cert = x509.load_pem_x509_certificate(pem.encode())
         try:
