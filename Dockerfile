@@ -25,13 +25,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN python -m venv /opt/etcdbr
 WORKDIR /src
-# .dockerignore admits only pyproject.toml, README.md and src/.
+# .dockerignore admits only pyproject.toml, README.md, requirements.lock and src/.
 COPY . .
-# Every dependency ships wheels for linux amd64/arm64, so no compiler is needed even here. The
-# image serves every provider and codec: the "all" extra (s3, gcs, abs, zstd).
-# pip and setuptools leave the venv afterwards: the runtime image installs nothing.
-RUN /opt/etcdbr/bin/pip install --no-cache-dir ".[all]" \
- && /opt/etcdbr/bin/python -m pip uninstall --yes pip setuptools \
+# The dependencies come from requirements.lock (scripts/lock): exact versions, each file checked
+# against its hash, for every provider and codec (the "all" extra: s3, gcs, abs, zstd) and the
+# build backend; then the project itself, built with that backend and nothing else fetched.
+# Every dependency ships wheels for linux amd64/arm64, so no compiler is needed even here.
+# pip, setuptools and wheel leave the venv afterwards: the runtime image installs nothing.
+RUN /opt/etcdbr/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements.lock \
+ && /opt/etcdbr/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+ && /opt/etcdbr/bin/python -m pip uninstall --yes pip setuptools wheel \
  && /opt/etcdbr/bin/etcdbrctl --help > /dev/null
 
 # -- runtime: the slim Python base, the venv and the etcd binaries; no package manager runs here

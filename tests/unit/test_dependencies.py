@@ -98,3 +98,42 @@ def test_every_imported_package_is_declared():
     assert not unknown, f"imported modules whose installed distribution cannot be told: {unknown}"
     assert not undeclared, "imported but not declared in pyproject.toml: " + "; ".join(
         f"{dist} (by {', '.join(sorted(files))})" for dist, files in sorted(undeclared.items()))
+
+
+def _lock() -> dict[str, tuple[str, int]]:
+    """requirements.lock as name -> (pinned version, number of hashes)."""
+    pins: dict[str, tuple[str, int]] = {}
+    name = ""
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        pin = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
+        if pin:
+            name = _normalize(pin.group(1))
+            pins[name] = (pin.group(2), 0)
+        elif line.strip().startswith("--hash=sha256:") and name:
+            version, hashes = pins[name]
+            pins[name] = (version, hashes + 1)
+    return pins
+
+
+def test_the_lock_covers_pyproject():
+    """requirements.lock (scripts/lock), from which the image installs with --require-hashes, pins
+    every requirement of the tool with its store and codec extras, and the build backend, at a
+    version pyproject allows; every pin carries hashes."""
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    requirements = list(project["dependencies"]) + list(pyproject["build-system"]["requires"])
+    for extra in RUNTIME_EXTRAS:
+        requirements += project["optional-dependencies"][extra]
+    pins = _lock()
+    assert len(pins) > 20
+    for text in requirements:
+        req = Requirement(text)
+        name = _normalize(req.name)
+        assert name in pins, f"requirements.lock lacks {req.name}: run scripts/lock"
+        version = pins[name][0]
+        assert req.specifier.contains(version, prereleases=True), \
+            f"requirements.lock pins {req.name}=={version}, outside pyproject's {req.specifier}: run scripts/lock"
+    unhashed = sorted(name for name, (_, hashes) in pins.items() if not hashes)
+    assert not unhashed, f"requirements.lock pins without hashes: {unhashed}"

@@ -123,12 +123,25 @@ def test_dockerfile_shape():
     assert Path(entrypoint[0]).name in scripts, f"ENTRYPOINT {entrypoint} is not a console script of the project"
 
 
+def test_image_installs_from_the_lock():
+    """The build stage installs the dependencies from requirements.lock with their hashes checked,
+    then the project alone (tests/unit/test_dependencies.py checks the lock against pyproject)."""
+    runs = [args for stage in dockerfile_stages() for op, args in stage if op == "RUN" and "pip install" in args]
+    assert runs, "the build stage installs the project with pip"
+    steps = [step.strip() for step in runs[0].split("&&")]
+    locked = [i for i, step in enumerate(steps) if "pip install" in step and "-r requirements.lock" in step]
+    project = [i for i, step in enumerate(steps) if "pip install" in step and step.endswith(" .")]
+    assert locked and "--require-hashes" in steps[locked[0]], steps
+    assert project and "--no-deps" in steps[project[0]] and project[0] > locked[0], steps
+
+
 def test_dockerignore_admits_only_the_sources():
     rules = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
              if ln.strip() and not ln.startswith("#")]
     assert rules[0] == "*", "allowlist: ignore everything, then admit what the build needs"
     admitted = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
-    assert {"pyproject.toml", "src"} <= admitted and not admitted & {".venv", "tests", "deploy", ".git"}
+    assert {"pyproject.toml", "requirements.lock", "src"} <= admitted
+    assert not admitted & {".venv", "tests", "deploy", ".git"}
 
 
 # -- YAML lint -------------------------------------------------------------------------------
