@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -307,20 +309,30 @@ def test_run_waits_a_period_and_stops(tmp_path):
     config = SnapshotterConfig(garbage_collection_policy=LIMIT_BASED, max_backups=1,
                                garbage_collection_period=timedelta(seconds=1.05))
     gc = GarbageCollector(store, config, clock=lambda: NOW.timestamp())
+    collect_once, collected = gc.collect_once, threading.Event()
+    first_cycle = {}
+
+    def observed():
+        first_cycle.setdefault("after", time.monotonic() - started)
+        first_cycle.setdefault("snapshots", len(_names(store)))
+        try:
+            return collect_once()
+        finally:
+            collected.set()
+
+    gc.collect_once = observed
 
     async def scenario():
         stop = asyncio.Event()
         task = asyncio.create_task(gc.run(stop))
-        await asyncio.sleep(0.1)
-        assert len(_names(store)) == 3  # first cycle one period after start
-        for _ in range(60):
-            if gc.last_result is not None:
-                break
-            await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(collected.wait, 10)
         stop.set()
         await asyncio.wait_for(task, 2)
 
+    started = time.monotonic()
     asyncio.run(scenario())
+    # first cycle one period after start
+    assert first_cycle["after"] >= 1.0 and first_cycle["snapshots"] == 3
     assert gc.last_result is not None
     assert len(_names(store)) == 1
 

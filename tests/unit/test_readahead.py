@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-import time
 
 import pytest
 
@@ -19,12 +18,20 @@ class Source(io.RawIOBase):
         self.fail_at = fail_at
         self.closed_by_us = False
         self.reads = 0
+        self._read = threading.Condition()
+
+    def reached(self, reads: int, timeout: float) -> bool:
+        """Wait until ``reads`` reads have been made; False if they have not after ``timeout`` s."""
+        with self._read:
+            return self._read.wait_for(lambda: self.reads >= reads, timeout)
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int = -1) -> bytes:
-        self.reads += 1
+        with self._read:
+            self.reads += 1
+            self._read.notify_all()
         if self.fail_at is not None and self.pos >= self.fail_at:
             raise ConnectionResetError("connection reset by peer")
         chunk = self.data[self.pos:self.pos + (n if n >= 0 else len(self.data))]
@@ -69,11 +76,9 @@ def test_source_error_is_raised_by_read_after_the_bytes_before_it() -> None:
 def test_reads_ahead_at_most_depth_blocks_and_close_stops_the_thread() -> None:
     src = Source(os.urandom(1_000_000))
     ra = ReadAhead(src, block=1000, depth=3)
-    deadline = time.monotonic() + 5
-    while src.reads < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)
-    # three blocks queued, one more read and waiting for room
+    assert src.reached(4, timeout=5)
+    # three blocks queued, one more read and waiting for room: no fifth read comes
+    assert not src.reached(5, timeout=0.2)
     assert src.reads == 4
     before = threading.active_count()
     ra.close()

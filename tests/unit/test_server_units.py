@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -82,6 +83,14 @@ def test_elector_does_not_lead_while_suspended_and_resigns():
 
 
 # -- initialization --------------------------------------------------------------------------
+async def _until(condition, timeout: float = 5.0) -> None:
+    """Let the event loop run until ``condition()`` holds; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.001)
+
+
 def test_initialization_states_are_reported_once():
     async def scenario():
         gate = asyncio.Event()
@@ -96,13 +105,13 @@ def test_initialization_states_are_reported_once():
         init = Initialization(runner)
         assert init.report() == "New"
         assert init.start("bogus") and not init.start("full")
-        await asyncio.sleep(0)
+        await _until(lambda: modes == ["full"])  # the runner is at its gate
         assert init.in_progress and init.report() == "Progress" and init.report() == "Progress"
         gate.set()
-        await asyncio.sleep(0.01)
+        await _until(lambda: not init.in_progress)
         assert [init.report(), init.report()] == ["Successful", "New"]
         assert init.start("sanity")
-        await asyncio.sleep(0.01)
+        await _until(lambda: not init.in_progress)
         assert [init.report(), init.report()] == ["Failed", "New"]
         return modes
 
