@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 from .config import Config, RestorationConfig, parse_bool, parse_duration
@@ -130,15 +130,25 @@ def _reelection(c: Config) -> str | None:
     return None
 
 
+def _parsed(name: str, raw: object, kind: type, parse: Callable[[str], Any], expected: str) -> tuple[Any, str | None]:
+    """``(value, None)`` for a flag's value, parsed by the flag already or text from another
+    command's file; ``(None, refusal)`` when the text is no ``expected``."""
+    if isinstance(raw, kind):
+        return raw, None
+    try:
+        return parse(str(raw)), None
+    except ValueError:
+        return None, f"invalid value {raw!r} for --{name}: expected {expected}"
+
+
 def _compat_duration(name: str, minimum: timedelta, wording: str) -> Callable[[Config], str | None]:
     def check(c: Config) -> str | None:
-        raw = c.extra.get("compat", {}).get(name)  # parsed by the flag, raw from another command's file
+        raw = c.extra.get("compat", {}).get(name)
         if raw is None:
             return None
-        try:
-            value = raw if isinstance(raw, timedelta) else parse_duration(str(raw))
-        except ValueError:
-            return f"invalid value {raw!r} for --{name}: expected a duration such as 30s"
+        value, refusal = _parsed(name, raw, timedelta, parse_duration, "a duration such as 30s")
+        if refusal:
+            return refusal
         if value <= minimum:
             return f"--{name} must be {wording} (got {_show(value)})"
         return None
@@ -154,13 +164,12 @@ def _lease_names(c: Config) -> str | None:
         key = name.replace("-", "_")
         return extra[key] if key in extra else compat.get(name)
 
-    enabled = pick("enable-snapshot-lease-renewal")
-    if enabled is None:
+    raw = pick("enable-snapshot-lease-renewal")
+    if raw is None:
         return None
-    try:
-        enabled = enabled if isinstance(enabled, bool) else parse_bool(str(enabled))
-    except ValueError:
-        return f"invalid value {enabled!r} for --enable-snapshot-lease-renewal: expected true or false"
+    enabled, refusal = _parsed("enable-snapshot-lease-renewal", raw, bool, parse_bool, "true or false")
+    if refusal:
+        return refusal
     if enabled:
         for name in ("full-snapshot-lease-name", "delta-snapshot-lease-name"):
             value = pick(name)
