@@ -3,7 +3,9 @@
 Every loop in the project that tries a failed operation again goes through :func:`retry_call`
 (blocking code, threads) or :func:`aretry_call` (the event loop) with a :class:`Policy`, and every
 pause that must end early when the process stops is :func:`wait_unless_stopped` (or
-``threading.Event.wait`` in threads). Both are built on tenacity.
+``threading.Event.wait`` in threads); every wait for a condition with a time bound (a temporary
+etcd ready, a learner in sync, a final snapshot listed) is :func:`poll` or :func:`apoll`. They are
+built on tenacity.
 
 Retries are stacked in at most three layers, each small, so that one failing operation makes a
 bounded, documented number of requests (``docs/dual-endpoint.md``, "Timeouts and retries"):
@@ -40,8 +42,10 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
+    retry_if_result,
     stop_after_attempt,
     stop_after_delay,
+    stop_never,
 )
 
 from .errors import EtcdError, StoreUnavailable
@@ -210,6 +214,34 @@ async def aretry_call(policy: Policy, fn: Callable[[], Awaitable[T]], *,
         raise attempts.stopped() from None
 
 
+def _polling(every: float, within: float | None) -> dict:
+    """What :func:`poll` and :func:`apoll` hand tenacity: check again while the check returns None,
+    ``every`` seconds apart, the last pause cut short to end at ``within``, one check there."""
+
+    def pause(state: RetryCallState) -> float:
+        return every if within is None else max(0.0, min(every, within - (state.seconds_since_start or 0.0)))
+
+    return dict(stop=stop_never if within is None else stop_after_delay(within), wait=pause,
+                retry=retry_if_result(lambda result: result is None), retry_error_callback=lambda state: None)
+
+
+def poll(check: Callable[[], T | None], *, every: float, within: float | None) -> T | None:
+    """``check()`` every ``every`` seconds until it returns something other than None, which is
+    returned; None once ``within`` seconds passed since the first check (None: no bound). A check
+    that raises ends the poll with its error. For waiting on a condition (a member ready, a final
+    snapshot listed), not for trying a failed call again (:func:`retry_call`)."""
+    return Retrying(**_polling(every, within))(check)
+
+
+async def apoll(check: Callable[[], Awaitable[T | None]], *, every: float, within: float | None) -> T | None:
+    """:func:`poll` for a check that is a coroutine (a fresh awaitable each time)."""
+
+    async def attempt() -> T | None:
+        return await check()
+
+    return await AsyncRetrying(**_polling(every, within))(attempt)
+
+
 async def wait_unless_stopped(stop: asyncio.Event, seconds: float, *, wake: asyncio.Event | None = None) -> bool:
     """Pause up to ``seconds``; True as soon as ``stop`` is set (at once if it already is).
 
@@ -235,4 +267,4 @@ async def wait_unless_stopped(stop: asyncio.Event, seconds: float, *, wake: asyn
 
 
 __all__ = ["Policy", "SDK_ATTEMPTS", "SDK_RETRY_PAUSE", "SDK_RETRY_WAIT", "STORE_PART", "UNLIMITED", "any_failure",
-           "aretry_call", "is_transient", "retry_call", "wait_unless_stopped"]
+           "apoll", "aretry_call", "is_transient", "poll", "retry_call", "wait_unless_stopped"]

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
 from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
 import click
 
+from .. import retry
 from ..config import Config, CopyOptions
 from ..copier import BackupCopier, SyncResult, own_snapshots, plan_sync, select_backups
 from ..errors import ConfigError
@@ -73,20 +73,20 @@ def complete_source(config: Config) -> None:
 
 def wait_for_final(source, timeout: timedelta, poll: float | None = None) -> bool:
     """Block until a final full snapshot shows among the newest fulls; False on timeout."""
-    poll = FINAL_POLL_SECONDS if poll is None else poll
-    deadline = time.monotonic() + timeout.total_seconds() if timeout > timedelta(0) else None
     log.info("Waiting for a final full snapshot on the source", extra={"source": source.display,
                                                                         "timeout": str(timeout)})
-    while True:
+
+    def final_listed() -> bool | None:
         fulls = [s for s in source.list() if s.kind is Kind.FULL and not s.is_chunk]
-        if any(s.is_final for s in fulls[-FINAL_LOOKBACK:]):
-            log.info("Final full snapshot found on the source", extra={"source": source.display})
-            return True
-        if deadline is not None and time.monotonic() >= deadline:
-            log.warning("No final full snapshot appeared before the timeout; copying what is there",
-                        extra={"source": source.display})
-            return False
-        time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+        return True if any(s.is_final for s in fulls[-FINAL_LOOKBACK:]) else None
+
+    if retry.poll(final_listed, every=FINAL_POLL_SECONDS if poll is None else poll,
+                  within=timeout.total_seconds() if timeout > timedelta(0) else None):
+        log.info("Final full snapshot found on the source", extra={"source": source.display})
+        return True
+    log.warning("No final full snapshot appeared before the timeout; copying what is there",
+                extra={"source": source.display})
+    return False
 
 
 class _Progress:

@@ -20,6 +20,7 @@ import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .. import retry
 from ..errors import EtcdError, RestoreError
 from ..etcd.blocking import EtcdKV
 from .binaries import EtcdRelease
@@ -148,27 +149,31 @@ class EmbeddedEtcd:
         raise RestoreError(f"temporary etcd could not get free ports: {last_error}")
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        assert self.proc is not None and self.client is not None
-        while True:
-            rc = self.proc.poll()
+        proc, client = self.proc, self.client
+        assert proc is not None and client is not None
+        error = ""
+
+        def ready() -> bool | None:
+            nonlocal error
+            rc = proc.poll()
             if rc is not None:
                 raise RestoreError(f"temporary etcd on {self.data_dir} exited with code {rc} while starting; "
                                    f"last lines of {self.log_path}:\n{_tail(self.log_path)}")
             try:
-                self.client.revision()
-                return
+                client.revision()
+                return True
             except EtcdError as exc:
                 error = str(exc)
                 if AUTH_REFUSAL in error:
                     # etcd checks a read's user only after the read barrier, so this answer too
                     # means the member has applied everything it committed
                     self.auth_enabled = True
-                    return
-            if time.monotonic() > deadline:
-                raise RestoreError(f"temporary etcd on {self.data_dir} not ready after {self.ready_timeout:.0f}s "
-                                   f"({error}); last lines of {self.log_path}:\n{_tail(self.log_path)}")
-            time.sleep(0.1)
+                    return True
+            return None
+
+        if not retry.poll(ready, every=0.1, within=self.ready_timeout):
+            raise RestoreError(f"temporary etcd on {self.data_dir} not ready after {self.ready_timeout:.0f}s "
+                               f"({error}); last lines of {self.log_path}:\n{_tail(self.log_path)}")
 
     def revision(self) -> int:
         """The member's current revision; answered even when etcd authentication is on."""

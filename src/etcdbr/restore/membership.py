@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
 
+from .. import retry
 from ..config import EtcdConnectionConfig, RestorationConfig
 from ..errors import EtcdError, RestoreError
 from ..etcd import client as etcdclient
@@ -227,18 +228,25 @@ def wait_for_cluster(etcd_config: EtcdConnectionConfig, endpoints: Sequence[str]
     up hold no history (restored or new, waiting for each other), or until ``wait`` seconds
     passed. ``peers``: (name, peer URL) of the other members; ``endpoints``: client URLs.
     Members that are down are waited for: they may hold data and be on their way up."""
-    deadline = time.monotonic() + wait
-    announced = False
-    while True:
+    last: ClusterView | None = None
+
+    def settled() -> ClusterView | None:
+        nonlocal last
         view = asyncio.run(_probe(etcd_config, endpoints, peers))
-        if view.has_quorum or (view.peers and not view.with_history()) or time.monotonic() >= deadline:
+        if view.has_quorum or (view.peers and not view.with_history()):
             return view
-        if not announced:
+        if last is None:
             log.info("waiting for the other members of the cluster to show a leader",
                      extra={"endpoints": ",".join(view.endpoints), "timeout_seconds": wait,
                             "members_up": ",".join(p.name for p in view.peers)})
-            announced = True
-        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        last = view
+        return None
+
+    view = retry.poll(settled, every=poll, within=wait)
+    if view is None:
+        assert last is not None
+        return last
+    return view
 
 
 def _listen_url(advertised: str) -> str:
@@ -412,10 +420,11 @@ class MemberReplacer:
             shutil.rmtree(work, ignore_errors=True)
 
     async def _promote(self, client, member_id: int, proc: subprocess.Popen, log_path: Path) -> bool:
-        deadline = time.monotonic() + self.join_timeout
         last = ""
         next_note = time.monotonic() + 30
-        while True:
+
+        async def promoted() -> bool | None:
+            nonlocal last, next_note
             rc = proc.poll()
             if rc is not None:
                 raise RestoreError(f"etcd joining the cluster as {self.name} exited with code {rc}; last lines of "
@@ -427,14 +436,16 @@ class MemberReplacer:
                 last = str(exc)
                 if "can only promote a learner member" in last and NOT_IN_SYNC not in last:
                     return True  # an earlier attempt went through; the member is a voter already
-            if time.monotonic() >= deadline:
-                raise RestoreError(f"the learner {self.name} was not in sync with the leader after "
-                                   f"{self.join_timeout:.0f}s (last answer: {last}); last lines of its log:\n"
-                                   f"{_tail(log_path)}")
             if time.monotonic() >= next_note:
                 log.info("the learner is still catching up with the leader", extra={"member": self.name})
                 next_note = time.monotonic() + 30
-            await asyncio.sleep(0.5)
+            return None
+
+        if await retry.apoll(promoted, every=0.5, within=self.join_timeout):
+            return True
+        raise RestoreError(f"the learner {self.name} was not in sync with the leader after "
+                           f"{self.join_timeout:.0f}s (last answer: {last}); last lines of its log:\n"
+                           f"{_tail(log_path)}")
 
     async def _undo(self, client, member_id: int, cause: BaseException) -> None:
         """A learner that never got in sync is removed again, with the half-synced data dir: left
