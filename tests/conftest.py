@@ -21,7 +21,7 @@ _TESTS_DIR = Path(__file__).resolve().parent
 if str(_TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(_TESTS_DIR))
 
-from services import (  # noqa: E402
+from services import (  # noqa: E402 - tests/services is importable only once the path above is set
     Azurite,
     EtcdCluster,
     EtcdServer,

@@ -478,6 +478,7 @@ def compressing_reader(
     ``policy`` None/"none"/"disabled" passes the bytes through.  ``bytes_in``/``bytes_out``
     count what was read from ``raw`` and returned.
     """
+    # A BufferedIOBase is a binary file; typeshed's BinaryIO is a nominal type it does not derive from.
     return _CompressingReader(raw, normalize_policy(policy), level)  # type: ignore[return-value]
 
 
@@ -487,7 +488,7 @@ def decompressing_reader(raw: ByteStream, suffix: str) -> BinaryIO:
     Raises :class:`IntegrityError` for an unknown suffix (immediately) and for corrupt or
     truncated data (while reading).
     """
-    return _DecompressingReader(raw, suffix)  # type: ignore[return-value]
+    return _DecompressingReader(raw, suffix)  # type: ignore[return-value]  # as compressing_reader
 
 
 def compress_bytes(

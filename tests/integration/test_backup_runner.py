@@ -105,7 +105,9 @@ def test_defragmentation_schedule_survives_a_failure_and_follows_a_run_with_a_fu
                               restart=False, member_endpoints=member_endpoints)
         await runner.start()
         try:
-            fulls = lambda: [s for s in store.list() if s.kind is Kind.FULL]  # noqa: E731
+            def fulls():
+                return [s for s in store.list() if s.kind is Kind.FULL]
+
             await wait_until(lambda: len(fulls()) >= 2, 30, "a full snapshot after the defragmentation")
         finally:
             await runner.close()
@@ -129,8 +131,10 @@ def test_the_servers_runner_restarts_a_snapshotter_that_gave_up_until_it_is_clos
     async def scenario() -> float:
         runner = BackupRunner(config, store, full_at_start=True)
         await runner.start()
-        restarts = lambda: [r for r in caplog.records  # noqa: E731
-                            if r.getMessage() == "snapshotter stopped after repeated failures; restarting it"]
+        def restarts():
+            return [r for r in caplog.records
+                    if r.getMessage() == "snapshotter stopped after repeated failures; restarting it"]
+
         try:
             await wait_until(lambda: len(restarts()) >= 2, 30, "two restarts of the snapshotter")
         finally:

@@ -125,7 +125,9 @@ CASES = [
 def _materialise(case: Case, tmp: Path) -> tuple[list[str], dict]:
     for name, content in case.files.items():
         (tmp / name).write_text(content)
-    sub = lambda s: s.replace("{tmp}", str(tmp))  # noqa: E731
+    def sub(s):
+        return s.replace("{tmp}", str(tmp))
+
     return [sub(a) for a in case.args], {k: sub(v) for k, v in case.env.items()}
 
 

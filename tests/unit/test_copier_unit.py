@@ -900,7 +900,9 @@ def test_secondary_outage_warns_and_flips_at_the_first_failed_copy_then_recovers
     secondary.check()
     put(primary, snap(Kind.FULL, 0, 10), b"base")
     caplog.set_level(logging.INFO, logger=LOGGER)
-    up = lambda: metrics.REGISTRY.get_sample_value("etcdbr_snapstore_available", {"endpoint": "secondary"})  # noqa: E731
+    def up():
+        return metrics.REGISTRY.get_sample_value("etcdbr_snapstore_available", {"endpoint": "secondary"})
+
     aside = tmp_path / "s-unmounted"
 
     async def scenario():

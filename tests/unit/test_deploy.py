@@ -562,8 +562,10 @@ def test_sidecar_and_initializer_configuration_as_the_tool_reads_it(variant, tmp
 
 def test_overlays_change_only_the_stores():
     base, single, dual = (rendered(v) for v in VARIANTS)
-    strip = lambda docs: {_key(d) for d in docs if not (d["kind"] in ("ConfigMap", "Secret")  # noqa: E731
-                                                        and d["metadata"]["name"].startswith("etcdbr-"))}
+    def strip(docs):
+        return {_key(d) for d in docs if not (d["kind"] in ("ConfigMap", "Secret")
+                                              and d["metadata"]["name"].startswith("etcdbr-"))}
+
     assert strip(base) == strip(single) == strip(dual)
     sts = [one(docs, "StatefulSet") for docs in (base, single, dual)]
     for s in sts:

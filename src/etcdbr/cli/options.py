@@ -175,7 +175,7 @@ class _GroupedHelp:
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         sections: dict[str, list] = {}
         general = []
-        for param in self.get_params(ctx):  # type: ignore[attr-defined]
+        for param in self.get_params(ctx):  # type: ignore[attr-defined]  # a mixin of click.Command
             record = param.get_help_record(ctx)
             if record is None or isinstance(param, click.Argument):
                 continue

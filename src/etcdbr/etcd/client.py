@@ -130,7 +130,7 @@ class EtcdClient:
         if channel is not None:
             try:
                 await channel.close()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a broken channel may fail to close; it is dropped anyway
                 log.debug("closing the etcd channel failed", extra={"endpoint": self.endpoint, "error": str(exc)})
 
     @property

@@ -331,7 +331,7 @@ class Snapshotter:
                 try:
                     await self.take_delta_snapshot()
                     delta_failures, delta_retry_at = 0, 0.0
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - the loop outlives any one failure
                     delay = self._backoff.wait(delta_failures)
                     delta_failures += 1
                     delta_retry_at = self._clock() + delay

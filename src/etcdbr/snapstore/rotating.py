@@ -94,11 +94,11 @@ class RotatingStore(SnapStore):
 
     # -- the protocol, served by the current store -------------------------------------------
     @property
-    def provider(self) -> str:  # type: ignore[override]
+    def provider(self) -> str:  # type: ignore[override]  # read-only: the current store's
         return self._current.provider
 
     @property
-    def credentials(self):  # type: ignore[override]
+    def credentials(self):  # type: ignore[override]  # read-only: the current store's
         return self._current.credentials
 
     @property
