@@ -14,6 +14,7 @@ value is ``root u64, sequence u64`` followed, for an inline bucket (root 0), by 
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
@@ -60,23 +61,36 @@ def _parse_meta(buf: bytes) -> Meta | None:
 
 
 class BoltReader:
-    def __init__(self, fh: BinaryIO, size: int) -> None:
+    def __init__(self, fh: BinaryIO, size: int, *, mapped: "mmap.mmap | None" = None) -> None:
         self.fh = fh
         self.size = size
+        self._map = mapped
         self.meta = self._read_meta()
 
     @classmethod
-    def open(cls, path) -> "BoltReader":
+    def open(cls, path, *, mapped: bool = False) -> "BoltReader":
+        """Open ``path`` read-only; ``mapped``: read pages through a read-only memory map (for
+        walking a whole database: no system call per page)."""
         import os
 
         fh = open(path, "rb")
         try:
-            return cls(fh, os.fstat(fh.fileno()).st_size)
+            size = os.fstat(fh.fileno()).st_size
+            view = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if mapped and size else None
+            try:
+                return cls(fh, size, mapped=view)
+            except BaseException:
+                if view is not None:
+                    view.close()
+                raise
         except BaseException:
             fh.close()
             raise
 
     def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         self.fh.close()
 
     def __enter__(self) -> "BoltReader":
@@ -86,8 +100,11 @@ class BoltReader:
         self.close()
 
     def _read(self, offset: int, length: int) -> bytes:
-        self.fh.seek(offset)
-        data = self.fh.read(length)
+        if self._map is not None:
+            data = self._map[offset:offset + length]
+        else:
+            self.fh.seek(offset)
+            data = self.fh.read(length)
         if len(data) != length:
             raise CorruptDB(f"truncated: wanted {length} bytes at offset {offset}, file has {self.size}")
         return data
@@ -232,6 +249,23 @@ class BoltReader:
             if key == name and flags & BUCKET_LEAF:
                 return self._bucket_root(value)
         return None
+
+    def bucket_sequence(self, name: bytes) -> int:
+        """The sequence number kept in a top-level bucket's header (0 when absent)."""
+        for key, value, flags in self._walk(self._page(self.meta.root)):
+            if key == name and flags & BUCKET_LEAF:
+                if len(value) < 16:
+                    raise CorruptDB("bucket header too short")
+                return struct.unpack_from("<Q", value, 8)[0]
+        return 0
+
+    def elements(self, bucket: bytes) -> Iterator[tuple[bytes, bytes, int]]:
+        """Every element of a top-level bucket in key order as (key, value, flags); an element
+        with ``BUCKET_LEAF`` in its flags is a nested bucket (its value is that bucket's header)."""
+        root = self._find_bucket(bucket)
+        if root is None:
+            return
+        yield from self._walk(root)
 
     def items(self, bucket: bytes) -> Iterator[tuple[bytes, bytes]]:
         root = self._find_bucket(bucket)
