@@ -22,10 +22,10 @@ those transactions would have written, in etcd's own format, into a fresh copy o
   needs no switching off: no request is made.
 * Compaction follows the replay through etcd: where that replay compacts the temporary member
   (after every :data:`.replay.COMPACT_EVERY` deltas but the last) the revisions etcd's compaction
-  removes are left out here (and ``scheduledCompactRev``/``finishedCompactRev`` are set), and a
-  compaction the full snapshot caught half done is finished, as etcd does when it starts.
+  removes are left out here (and ``scheduledCompactRev``/``finishedCompactRev`` are set).
   Compaction at a later revision removes everything an earlier one does, so only the last one
-  matters.
+  matters. A compaction the full snapshot caught half done is left to etcd, which finishes it
+  when it starts (the temporary etcd does the same).
 * The new db is a complete bbolt file written beside the old one (:mod:`.boltwrite`), fsynced and
   renamed over it: a failure at any point leaves the db ``etcdutl`` restored as it was.
 
@@ -163,7 +163,6 @@ class DirectReplay:
         self.compact_every = compact_every
         self.index = KeyIndex()
         self.revision = 0
-        self._at_pending: dict[bytes, tuple[int, int] | None] = {}
         self._keys: TreeWriter | None = None
         self._spill: _Spill | None = None
 
@@ -214,19 +213,19 @@ class DirectReplay:
             if name not in (KEY_BUCKET, META_BUCKET):
                 out.bucket(name, self._plain(src, name), sequence=src.bucket_sequence(name))
         finished = _meta_revision(meta, FINISHED_COMPACT)
+        # a compaction the full snapshot caught half done (scheduled above finished) is left to
+        # etcd, which finishes it as soon as it starts, as the temporary etcd does
         scheduled = _meta_revision(meta, SCHEDULED_COMPACT)
-        # etcd resumes a compaction the snapshot caught half done as soon as it starts
-        pending = scheduled if scheduled > finished else 0
         # the replay through etcd compacts after every compact_every deltas but the last
         points = [i for i in range(len(deltas)) if (i + 1) % self.compact_every == 0 and i + 1 < len(deltas)]
         flush_after = points[-1] if points else None
 
         self._keys = out.open_bucket(KEY_BUCKET, sequence=src.bucket_sequence(KEY_BUCKET))
-        last = self._load(src, pending)
+        last = self._load(src)
         self.revision = max(1, last, finished, scheduled)
-        compacted = max(finished, pending)
+        compacted = max(finished, scheduled)
         if flush_after is None:
-            self._flush(src, 0, pending)
+            self._flush(src, 0)
         else:
             self._spill = _Spill(work / "direct-replay.spill")
 
@@ -249,7 +248,7 @@ class DirectReplay:
                     # etcd refuses a compaction at or below its last one ("required revision has
                     # been compacted"); the replay through etcd goes on without it
                     at = self.revision if self.revision > compacted else 0
-                    self._flush(src, at, pending)
+                    self._flush(src, at)
                     compacted = max(compacted, at)
         finally:
             stream.close()
@@ -283,40 +282,31 @@ class DirectReplay:
                 raise DirectUnsupported(f"unreadable KeyValue at revision {main}: {exc}") from exc
             yield main, sub, tombstone, raw, value, kv
 
-    def _load(self, src: BoltReader, pending: int) -> int:
-        """Build the key index from the db; returns the last revision in it. With a ``pending``
-        compaction also note each key's last change at or below it (None once deleted)."""
+    def _load(self, src: BoltReader) -> int:
+        """Build the key index from the db; returns the last revision in it."""
         last = 0
         load = self.index.load
-        at_pending = self._at_pending
         for main, sub, tombstone, _raw, _value, kv in self._old_entries(src):
             load(main, sub, tombstone, kv)
-            if main <= pending:
-                at_pending[kv.key] = None if tombstone else (main, sub)
             last = main
         return last
 
-    def _flush(self, src: BoltReader, compact_at: int, pending: int) -> None:
+    def _flush(self, src: BoltReader, compact_at: int) -> None:
         """Write the db's own changes, then those held back, into the new key bucket, less what
-        a compaction at ``compact_at`` (the current revision: the index tells) or else a
-        ``pending`` one (noted by :meth:`_load`) drops; 0: none."""
+        a compaction at ``compact_at`` (the current revision: the index tells; 0: none) drops."""
         assert self._keys is not None
         add = self._keys.add
         keep = self.index.kept
-        at_pending = self._at_pending
-        if not compact_at and not pending:
+        if not compact_at:
             for raw, value, _flags in src.elements(KEY_BUCKET):
                 add(raw, value)
         else:
             for main, sub, _tombstone, raw, value, kv in self._old_entries(src):
-                if compact_at:
-                    if keep(kv.key, main, sub):
-                        add(raw, value)
-                elif main > pending or at_pending.get(kv.key) == (main, sub):
+                if keep(kv.key, main, sub):
                     add(raw, value)
         if self._spill is not None:
             for main, sub, tombstone, key, value in self._spill.read():
-                if compact_at and main <= compact_at and not keep(key, main, sub):
+                if compact_at and not keep(key, main, sub):
                     continue
                 add(revision_key(main, sub, tombstone), value)
             self._spill.close()

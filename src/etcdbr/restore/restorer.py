@@ -343,8 +343,9 @@ class Restorer:
         if self.source_auth:
             set_auth_enabled(db, False)
             self.auth_switched_off = True
-            log.info("the backup has etcd authentication on: replaying the deltas with it switched off in the "
-                     "restored data; it is switched back on before the data dir is used", extra={"db": str(db)})
+            log.info("the backup has etcd authentication on: it is switched off in the restored data while the "
+                     "temporary etcd works on it as no user, and back on before the data is used",
+                     extra={"db": str(db)})
 
     # -- full snapshot -----------------------------------------------------------------------
     def _fetch_full(self, full: Snapshot, work: Path) -> Path:
