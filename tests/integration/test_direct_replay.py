@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,8 @@ from etcdbr.cli.main import cli
 from etcdbr.compression import compress_bytes, suffix_for
 from etcdbr.config import StoreConfig
 from etcdbr.etcd import proto as pb
-from etcdbr.restore.bbolt import BoltReader, read_etcd_db
-from etcdbr.restore.boltwrite import BoltWriter
+from etcdbr.restore.bbolt import BUCKET_LEAF, BoltReader, read_etcd_db
+from etcdbr.restore.boltwrite import BoltWriter, TreeWriter
 from etcdbr.restore.direct import revision_key
 from etcdbr.snapshot import Kind, latest_chain, new_snapshot
 from etcdbr.snapstore import open_store
@@ -230,30 +231,79 @@ def test_full_snapshot_catching_a_compaction_half_done_hashes_the_same(tmp_path)
     after: a snapshot taken in between holds the first without the second, and etcd finishes
     the compaction when it starts. Such a full snapshot is made here from a real one."""
     source = build_source(tmp_path, mixed_before, mixed_after, extra_args=BIG)
-    store = store_at(source.bucket)
-    full, _deltas = latest_chain(store.list())
-    raw = tmp_path / "full.db"
-    fh = store.fetch(full)
-    try:
-        from etcdbr.compression import decompress_bytes
-
-        raw.write_bytes(decompress_bytes(fh.read(), full.compression_suffix)[:-32])
-    finally:
-        fh.close()
+    full, _deltas = latest_chain(store_at(source.bucket).list())
     scheduled = full.last_revision - 200
-    halfway = tmp_path / "halfway.db"
-    with BoltReader.open(raw) as db:
-        out = BoltWriter(halfway, db.meta.page_size)
+
+    def halfway(db: BoltReader, out: BoltWriter) -> None:
         for name in sorted(db.bucket_names()):
             items = dict(db.items(name))
             if name == b"meta":
                 items[b"scheduledCompactRev"] = revision_key(scheduled, 0)
             out.bucket(name, sorted(items.items()))
-        out.finish()
-    body = halfway.read_bytes()
-    store.save(full, io.BytesIO(compress_bytes(body + hashlib.sha256(body).digest(), "gzip")))
+
+    rewrite_full(tmp_path, source.bucket, halfway)
     direct, _ = assert_same(tmp_path, source)
     assert direct.compact_revision == scheduled
+
+
+def rewrite_full(tmp: Path, bucket: Path, write: Callable[[BoltReader, BoltWriter], None]) -> None:
+    """Replace the chain's full snapshot by a db ``write`` makes from it (with a fresh trailer)."""
+    from etcdbr.compression import decompress_bytes
+
+    store = store_at(bucket)
+    full, _deltas = latest_chain(store.list())
+    raw = tmp / "full.db"
+    fh = store.fetch(full)
+    try:
+        raw.write_bytes(decompress_bytes(fh.read(), full.compression_suffix)[:-32])
+    finally:
+        fh.close()
+    made = tmp / "made.db"
+    with BoltReader.open(raw) as db:
+        out = BoltWriter(made, db.meta.page_size)
+        write(db, out)
+        out.finish()
+    body = made.read_bytes()
+    store.save(full, io.BytesIO(compress_bytes(body + hashlib.sha256(body).digest(), "gzip")))
+
+
+def with_a_nested_bucket(db: BoltReader, out: BoltWriter) -> None:
+    """The db as it is, plus a bucket ``extra`` holding a bucket (etcd ignores buckets it does
+    not know; the direct replay does not write nested ones)."""
+    for name in sorted(db.bucket_names()):
+        out.bucket(name, list(db.items(name)))
+    inner = TreeWriter(out)
+    inner.add(b"a", b"1")
+    extra = out.open_bucket(b"extra")
+    extra.add(b"nested", struct.pack("<QQ", inner.finish(), 0), BUCKET_LEAF)
+    extra.finish()
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_a_db_the_direct_replay_does_not_handle_is_replayed_through_etcd(tmp_path, members):
+    source = build_source(tmp_path, mixed_before, mixed_after, extra_args=BIG)
+    rewrite_full(tmp_path, source.bucket, with_a_nested_bucket)
+    cluster = ",".join(f"{NAME if i == 0 else f'm{i}'}=http://127.0.0.{i + 1}:2380" for i in range(members))
+    data_dir = tmp_path / "restored" / f"{NAME}.etcd"
+    result = CliRunner().invoke(cli, [
+        "restore", "--storage-provider=Local", f"--store-container={source.bucket}", "--store-prefix=etcd",
+        f"--data-dir={data_dir}", f"--restoration-temp-snapshots-dir={tmp_path / 'restore-tmp'}",
+        f"--etcd-bin-dir={sf.etcd_bin_dir()}", f"--name={NAME}", f"--initial-cluster={cluster}",
+        "--initial-advertise-peer-urls=http://127.0.0.1:2380", "--max-txn-ops=1000"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    log = result.stderr
+    assert "cannot write the deltas into the restored db directly" in log and "nested bucket" in log
+    assert DIRECT_LINE in log and ETCD_LINE in log
+    db = data_dir / "member" / "snap" / "db"
+    assert sorted(m["name"] for m in read_etcd_db(db).members) == sorted(c.split("=")[0] for c in cluster.split(","))
+    if members > 1:  # served alone from a one-member copy
+        alone = tmp_path / "alone" / f"{NAME}.etcd"
+        subprocess.run([str(sf.etcd_bin_dir() / "etcdutl"), "snapshot", "restore", str(db), "--skip-hash-check",
+                        "--data-dir", str(alone), "--name", NAME, "--initial-cluster",
+                        f"{NAME}=http://localhost:2380"], check=True, capture_output=True)
+        data_dir = alone
+    got = served(data_dir)
+    assert got.revision == source.expected.revision and got.dump.kvs == source.expected.kvs
 
 
 def test_multi_member_cluster_hashes_the_same(tmp_path):

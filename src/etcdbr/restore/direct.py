@@ -18,8 +18,9 @@ those transactions would have written, in etcd's own format, into a fresh copy o
 * What etcd derives at start-up from the key bucket (its index, the current revision) follows
   from the entries; the ``meta`` bucket's consistent index and term stay as ``etcdutl`` wrote them,
   matching the WAL and snap files it created (nothing here goes through raft); the ``members``,
-  ``cluster``, ``lease``, ``auth*`` and every other bucket are copied unchanged. Authentication
-  needs no switching off: no request is made.
+  ``cluster``, ``lease``, ``auth*``, ``alarm`` and every other bucket are copied unchanged (an
+  alarm raised in the backup stays raised, as ``etcdutl`` leaves it for a full snapshot alone).
+  Authentication needs no switching off: no request is made.
 * Compaction follows the replay through etcd: where that replay compacts the temporary member
   (after every :data:`.replay.COMPACT_EVERY` deltas but the last) the revisions etcd's compaction
   removes are left out here (and ``scheduledCompactRev``/``finishedCompactRev`` are set).
@@ -31,13 +32,13 @@ those transactions would have written, in etcd's own format, into a fresh copy o
 
 The result is checked in the tests against the replay through etcd by etcd's own hash of the
 keyspace (``HashKV``) from a real etcd started on each. Anything this engine does not handle (a
-db that is not etcd's, nested buckets, an alarm raised in the backup) raises
-:class:`DirectUnsupported` before anything changed, and the restore replays through etcd instead.
+db that is not etcd's, nested buckets, keys or values of the ``key`` bucket that are not etcd's)
+raises :class:`DirectUnsupported` before anything changed, and the restore replays through etcd
+instead.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import struct
@@ -55,7 +56,7 @@ from .progress import Progress
 
 log = logging.getLogger(__name__)
 
-KEY_BUCKET, META_BUCKET, ALARM_BUCKET = b"key", b"meta", b"alarm"
+KEY_BUCKET, META_BUCKET = b"key", b"meta"
 FINISHED_COMPACT, SCHEDULED_COMPACT = b"finishedCompactRev", b"scheduledCompactRev"
 _REV = struct.Struct(">Q")
 _SPILL = struct.Struct("<QQBII")  # main, sub, tombstone, key length, value length
@@ -128,7 +129,8 @@ class _Spill:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.file: BinaryIO = open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600), "w+b")
+        self.file: BinaryIO = open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600), "w+b",
+                                   buffering=1024 * 1024)
 
     def add(self, main: int, sub: int, tombstone: bool, key: bytes, value: bytes) -> None:
         self.file.write(_SPILL.pack(main, sub, tombstone, len(key), len(value)))
@@ -138,7 +140,7 @@ class _Spill:
     def read(self) -> Iterator[tuple[int, int, bool, bytes, bytes]]:
         self.file.flush()
         self.file.seek(0)
-        reader = io.BufferedReader(self.file, 1024 * 1024)  # type: ignore[arg-type]
+        reader = self.file
         while True:
             head = reader.read(_SPILL.size)
             if not head:
@@ -200,9 +202,6 @@ class DirectReplay:
         names = src.bucket_names()
         if KEY_BUCKET not in names or META_BUCKET not in names:
             raise DirectUnsupported("not an etcd db (no key or meta bucket)")
-        if any(True for _ in src.elements(ALARM_BUCKET)):
-            # an alarm in the backup: the temporary etcd deals with it (it disarms NOSPACE)
-            raise DirectUnsupported("the backup has an etcd alarm raised")
         meta = {}
         for key, value, flags in src.elements(META_BUCKET):
             if flags & BUCKET_LEAF:
