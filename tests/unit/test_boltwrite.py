@@ -108,6 +108,36 @@ def test_any_content_round_trips(tmp_path_factory, buckets, page_size):
     page_usage(path)
 
 
+def test_leaves_copied_from_another_file_read_back(tmp_path):
+    # the direct replay copies the restored db's key bucket leaf by leaf (overflow pages included),
+    # then appends element by element
+    src = tmp_path / "src"
+    out = BoltWriter(src, 4096)
+    keys = out.open_bucket(b"key")
+    for i in range(3000):
+        keys.add(revision_key(i + 2, 0), b"v" * (i % 500))
+    keys.add(revision_key(5000, 0), b"big" * 50_000)
+    keys.finish()
+    out.finish()
+    dst = tmp_path / "dst"
+    out = BoltWriter(dst, 4096)
+    with BoltReader.open(src) as db:
+        copied = out.open_bucket(b"key")
+        copied.add(revision_key(1, 0), b"first")  # pending elements are written before a copied leaf
+        for page, items in db.leaves(b"key"):
+            copied.add_leaf(page, items)
+        with pytest.raises(ValueError):  # a copied leaf must come after every key so far
+            copied.add_leaf(*next(db.leaves(b"key")))
+        copied.add(revision_key(5001, 0), b"after")
+        copied.finish()
+        expected = [(revision_key(1, 0), b"first"), *db.items(b"key"), (revision_key(5001, 0), b"after")]
+        assert copied.count == len(expected)
+    out.finish()
+    with BoltReader.open(dst) as db:
+        assert list(db.items(b"key")) == expected
+    page_usage(dst)
+
+
 def test_keys_out_of_order_are_refused(tmp_path):
     out = BoltWriter(tmp_path / "db", 4096)
     tree = out.open_bucket(b"key")
@@ -137,17 +167,34 @@ def test_keyvalue_bytes_are_etcds():
                                                             version=2)
 
 
+def _entry(main: int, sub: int, tombstone: bool, kv: proto.KeyValue) -> tuple[bytes, bytes, int]:
+    return revision_key(main, sub, tombstone), kv.SerializeToString(), 0
+
+
 def test_key_index_follows_etcds_restore_rules():
     index = KeyIndex()
     kv = proto.KeyValue
-    index.load(10, 0, False, kv(key=b"a", create_revision=4, version=3))  # first seen: as written
-    assert index.keys[b"a"] == (4, 3, 10, 0)
-    index.load(11, 1, False, kv(key=b"a", create_revision=99, version=99))  # later puts count versions
+    assert index.load_leaf([_entry(10, 0, False, kv(key=b"a", create_revision=4, version=3))]) == 10
+    assert index.keys[b"a"] == (4, 3, 10, 0)  # first seen: as written
+    index.load_leaf([_entry(11, 1, False, kv(key=b"a", create_revision=99, version=99))])  # later puts count versions
     assert index.keys[b"a"] == (4, 4, 11, 1)
-    index.load(12, 0, True, kv(key=b"a"))
+    index.load_leaf([_entry(12, 0, True, kv(key=b"a"))])
     assert index.keys[b"a"][0] == 0 and not index.kept(b"a", 12, 0)
-    index.load(13, 0, False, kv(key=b"a", create_revision=1, version=7))  # created again
+    last = index.load_leaf([_entry(13, 0, False, kv(key=b"a", create_revision=1, version=7)),  # created again
+                            _entry(14, 0, True, kv(key=b"b"))])  # a tombstone of a key never seen: deleted
+    assert last == 14
     assert index.keys[b"a"] == (13, 1, 13, 0)
     assert index.kept(b"a", 13, 0) and not index.kept(b"a", 11, 1) and not index.kept(b"zz", 13, 0)
-    index.load(14, 0, True, kv(key=b"b"))  # a tombstone of a key never seen: deleted
     assert index.keys[b"b"][0] == 0
+    assert index.load_leaf([]) == 0
+
+
+def test_key_index_refuses_what_is_not_etcds():
+    good = _entry(1, 0, False, proto.KeyValue(key=b"k", create_revision=1, mod_revision=1, version=1))
+    for bad in ([(good[0], good[1], BUCKET_LEAF)],  # a nested bucket
+                [(b"short", good[1], 0)],
+                [(good[0][:8] + b"-" + good[0][9:], good[1], 0)],
+                [(good[0] + b"x", good[1], 0)],
+                [(good[0], b"\xff\xff\xff", 0)]):  # not a KeyValue
+        with pytest.raises(DirectUnsupported):
+            KeyIndex().load_leaf([good, *bad])

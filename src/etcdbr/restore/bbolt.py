@@ -28,6 +28,8 @@ ELEMENT = 16
 _FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
 _MAX_DEPTH = 64
 _PAGE_SIZES = (4096, 8192, 16384, 32768, 65536, 2048, 1024)
+_HEADER = struct.Struct("<QHHI")
+_LEAF_ELEMENTS = struct.Struct("<IIII")
 
 
 class CorruptDB(Exception):
@@ -173,6 +175,47 @@ class BoltReader:
             value = self._slice(page, at + pos + ksize, vsize)
             yield key, value, eflags
 
+    @staticmethod
+    def _leaf_list(page: bytes) -> list[tuple[bytes, bytes, int]]:
+        """A leaf page's elements at once (the walk of a whole bucket spends its time here)."""
+        _pid, _flags, count, _overflow = _HEADER.unpack_from(page)
+        end = PAGE_HEADER + count * ELEMENT
+        size = len(page)
+        if end > size:
+            raise CorruptDB("page element count exceeds the page")
+        out = []
+        at = PAGE_HEADER
+        for eflags, pos, ksize, vsize in _LEAF_ELEMENTS.iter_unpack(page[PAGE_HEADER:end]):
+            start = at + pos
+            middle = start + ksize
+            stop = middle + vsize
+            if stop > size:
+                raise CorruptDB("element points outside its page")
+            out.append((page[start:middle], page[middle:stop], eflags))
+            at += ELEMENT
+        return out
+
+    def leaves(self, bucket: bytes) -> Iterator[tuple[bytes, list[tuple[bytes, bytes, int]]]]:
+        """Each leaf page of a top-level bucket in key order, as (the page with its overflow,
+        its elements as (key, value, flags))."""
+        root = self._find_bucket(bucket)
+        if root is None:
+            return
+        # pages are read when their turn comes: a branch's children may be large (overflow)
+        stack: list[tuple[bytes | int, int]] = [(root, 0)]
+        while stack:
+            at, depth = stack.pop()
+            if depth > _MAX_DEPTH:
+                raise CorruptDB("B+tree deeper than possible (cycle?)")
+            page = self._page(at) if isinstance(at, int) else at
+            flags, _count = self._elements(page)
+            if flags & LEAF:
+                yield page, self._leaf_list(page)
+            elif flags & BRANCH:
+                stack.extend((pgid, depth + 1) for _key, pgid in reversed(self._branch_children(page)))
+            else:
+                raise CorruptDB(f"unexpected page type {flags:#x} inside a bucket")
+
     def _branch_children(self, page: bytes) -> list[tuple[bytes, int]]:
         _flags, count = self._elements(page)
         out = []
@@ -262,10 +305,8 @@ class BoltReader:
     def elements(self, bucket: bytes) -> Iterator[tuple[bytes, bytes, int]]:
         """Every element of a top-level bucket in key order as (key, value, flags); an element
         with ``BUCKET_LEAF`` in its flags is a nested bucket (its value is that bucket's header)."""
-        root = self._find_bucket(bucket)
-        if root is None:
-            return
-        yield from self._walk(root)
+        for _page, items in self.leaves(bucket):
+            yield from items
 
     def items(self, bucket: bytes) -> Iterator[tuple[bytes, bytes]]:
         root = self._find_bucket(bucket)

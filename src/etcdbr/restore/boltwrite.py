@@ -164,6 +164,20 @@ class TreeWriter:
         if n + 1 >= _MAX_ELEMENTS:
             self._write_leaf()
 
+    def add_leaf(self, page: bytes, items: list[tuple[bytes, bytes, int]]) -> None:
+        """Copy a leaf page read from another bbolt file as it is (only its page id changes):
+        ``page`` with its overflow pages, ``items`` its elements (keys after any added so far)."""
+        if not items:
+            return
+        first, last = items[0][0], items[-1][0]
+        if self._last is not None and first <= self._last:
+            raise ValueError("keys must be added in strictly ascending order")
+        if self._elements:
+            self._write_leaf()
+        self._last = last
+        self.count += len(items)
+        self._children.append((first, self.out._append(LEAF, len(items), page[PAGE_HEADER:])))
+
     def _write_leaf(self) -> None:
         items = self._elements
         n = len(items)

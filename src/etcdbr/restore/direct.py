@@ -45,6 +45,8 @@ import struct
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from google.protobuf.message import DecodeError
+
 from ..errors import RestoreError
 from ..etcd import proto
 from ..fsutil import fsync_dir
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 KEY_BUCKET, META_BUCKET = b"key", b"meta"
 FINISHED_COMPACT, SCHEDULED_COMPACT = b"finishedCompactRev", b"scheduledCompactRev"
 _REV = struct.Struct(">Q")
+_REV_KEY = struct.Struct(">Q1sQ")
 _SPILL = struct.Struct("<QQBII")  # main, sub, tombstone, key length, value length
 
 
@@ -73,9 +76,12 @@ def revision_key(main: int, sub: int, tombstone: bool = False) -> bytes:
 
 def parse_revision_key(raw: bytes) -> tuple[int, int, bool]:
     """(main, sub, tombstone) of a ``key`` bucket key; DirectUnsupported for anything else."""
-    if len(raw) not in (17, 18) or raw[8] != 0x5F or (len(raw) == 18 and raw[17] != 0x74):
-        raise DirectUnsupported(f"unexpected key {raw[:32].hex()} in etcd's key bucket")
-    return _REV.unpack_from(raw)[0], _REV.unpack_from(raw, 9)[0], len(raw) == 18
+    size = len(raw)
+    if size == 17 or (size == 18 and raw[17] == 0x74):
+        main, mark, sub = _REV_KEY.unpack_from(raw)
+        if mark == b"_":
+            return main, sub, size == 18
+    raise DirectUnsupported(f"unexpected key {raw[:32].hex()} in etcd's key bucket")
 
 
 def encode_kv(key: bytes, value: bytes, create: int, mod: int, version: int) -> bytes:
@@ -104,18 +110,39 @@ class KeyIndex:
     def __init__(self) -> None:
         self.keys: dict[bytes, tuple[int, int, int, int]] = {}
 
-    def load(self, main: int, sub: int, tombstone: bool, kv) -> None:
-        key = kv.key
-        known = self.keys.get(key)
-        if tombstone:
-            if known is None or known[0]:
-                self.keys[key] = (0, 0, main, sub)
-        elif known is None:
-            self.keys[key] = (kv.create_revision, kv.version, main, sub)
-        elif known[0]:
-            self.keys[key] = (known[0], known[1] + 1, main, sub)
-        else:
-            self.keys[key] = (main, 1, main, sub)
+    def load_leaf(self, items: list[tuple[bytes, bytes, int]]) -> int:
+        """Load one leaf's elements of the ``key`` bucket, in order; returns the last main
+        revision (0: none). One loop for every entry of the db: kept tight."""
+        keys = self.keys
+        get = keys.get
+        parse = proto.KeyValue.FromString
+        unpack = _REV_KEY.unpack_from
+        main = 0
+        try:
+            for raw, value, flags in items:
+                if flags & BUCKET_LEAF:
+                    raise DirectUnsupported("nested bucket in etcd's key bucket")
+                size = len(raw)
+                if not (size == 17 or (size == 18 and raw[17] == 0x74)):
+                    parse_revision_key(raw)  # raises DirectUnsupported, naming the key
+                main, mark, sub = unpack(raw)
+                if mark != b"_":
+                    parse_revision_key(raw)  # raises
+                kv = parse(value)
+                key = kv.key
+                known = get(key)
+                if size == 18:  # a tombstone ends the key's generation (ignored when none is open)
+                    if known is None or known[0]:
+                        keys[key] = (0, 0, main, sub)
+                elif known is None:
+                    keys[key] = (kv.create_revision, kv.version, main, sub)
+                elif known[0]:
+                    keys[key] = (known[0], known[1] + 1, main, sub)
+                else:
+                    keys[key] = (main, 1, main, sub)
+        except DecodeError as exc:
+            raise DirectUnsupported(f"unreadable KeyValue at revision {main}: {exc}") from exc
+        return main
 
     def kept(self, key: bytes, main: int, sub: int) -> bool:
         """Whether a compaction at the current revision keeps the change (main, sub) of ``key``:
@@ -220,12 +247,11 @@ class DirectReplay:
         flush_after = points[-1] if points else None
 
         self._keys = out.open_bucket(KEY_BUCKET, sequence=src.bucket_sequence(KEY_BUCKET))
-        last = self._load(src)
+        # without a compaction to come, the db's own changes go first and as they are
+        last = self._load(src, copy=flush_after is None)
         self.revision = max(1, last, finished, scheduled)
         compacted = max(finished, scheduled)
-        if flush_after is None:
-            self._flush(src, 0)
-        else:
+        if flush_after is not None:
             self._spill = _Spill(work / "direct-replay.spill")
 
         total = len(deltas)
@@ -267,49 +293,41 @@ class DirectReplay:
                 raise DirectUnsupported(f"nested bucket in etcd's {name.decode('utf-8', 'replace')} bucket")
             yield key, value
 
-    @staticmethod
-    def _old_entries(src: BoltReader) -> Iterator[tuple[int, int, bool, bytes, bytes, proto.KeyValue]]:
-        """The db's own changes: (main, sub, tombstone, bbolt key, value, its KeyValue)."""
-        parse = proto.KeyValue.FromString
-        for raw, value, flags in src.elements(KEY_BUCKET):
-            if flags & BUCKET_LEAF:
-                raise DirectUnsupported("nested bucket in etcd's key bucket")
-            main, sub, tombstone = parse_revision_key(raw)
-            try:
-                kv = parse(value)
-            except Exception as exc:  # protobuf's DecodeError
-                raise DirectUnsupported(f"unreadable KeyValue at revision {main}: {exc}") from exc
-            yield main, sub, tombstone, raw, value, kv
-
-    def _load(self, src: BoltReader) -> int:
-        """Build the key index from the db; returns the last revision in it."""
+    def _load(self, src: BoltReader, *, copy: bool) -> int:
+        """Build the key index from the db, and with ``copy`` write its leaves into the new key
+        bucket as they are; returns the last revision in it."""
+        assert self._keys is not None
         last = 0
-        load = self.index.load
-        for main, sub, tombstone, _raw, _value, kv in self._old_entries(src):
-            load(main, sub, tombstone, kv)
-            last = main
+        load = self.index.load_leaf
+        add_leaf = self._keys.add_leaf
+        for page, items in src.leaves(KEY_BUCKET):
+            last = load(items) or last
+            if copy:
+                add_leaf(page, items)
         return last
 
     def _flush(self, src: BoltReader, compact_at: int) -> None:
-        """Write the db's own changes, then those held back, into the new key bucket, less what
-        a compaction at ``compact_at`` (the current revision: the index tells; 0: none) drops."""
-        assert self._keys is not None
+        """At the last compaction point: write the db's own changes, then those held back, into
+        the new key bucket, less what a compaction at ``compact_at`` (the current revision: the
+        index tells; 0: none, etcd refused it) drops."""
+        assert self._keys is not None and self._spill is not None
         add = self._keys.add
         keep = self.index.kept
-        if not compact_at:
-            for raw, value, _flags in src.elements(KEY_BUCKET):
-                add(raw, value)
-        else:
-            for main, sub, _tombstone, raw, value, kv in self._old_entries(src):
-                if keep(kv.key, main, sub):
+        parse = proto.KeyValue.FromString
+        for page, items in src.leaves(KEY_BUCKET):
+            if not compact_at:
+                self._keys.add_leaf(page, items)
+                continue
+            for raw, value, _flags in items:  # loaded (so checked) by _load already
+                main, sub, _tombstone = parse_revision_key(raw)
+                if keep(parse(value).key, main, sub):
                     add(raw, value)
-        if self._spill is not None:
-            for main, sub, tombstone, key, value in self._spill.read():
-                if compact_at and not keep(key, main, sub):
-                    continue
-                add(revision_key(main, sub, tombstone), value)
-            self._spill.close()
-            self._spill = None
+        for main, sub, tombstone, key, value in self._spill.read():
+            if compact_at and not keep(key, main, sub):
+                continue
+            add(revision_key(main, sub, tombstone), value)
+        self._spill.close()
+        self._spill = None
 
     # -- one revision ----------------------------------------------------------------------------
     def _apply(self, rev: int, events: list, where: str) -> None:
