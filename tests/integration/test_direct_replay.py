@@ -28,13 +28,13 @@ from click.testing import CliRunner
 
 import snapshot_factory as sf
 from etcdbr.cli.main import cli
-from etcdbr.compression import compress_bytes, suffix_for
+from etcdbr.compression import compress_bytes
 from etcdbr.config import StoreConfig
 from etcdbr.etcd import proto as pb
 from etcdbr.restore.bbolt import BUCKET_LEAF, BoltReader, read_etcd_db
 from etcdbr.restore.boltwrite import BoltWriter, TreeWriter
 from etcdbr.restore.direct import revision_key
-from etcdbr.snapshot import Kind, latest_chain, new_snapshot
+from etcdbr.snapshot import latest_chain
 from etcdbr.snapstore import open_store
 from services import EtcdServer
 

@@ -37,7 +37,8 @@ def make_db(path, entries, meta=META, extra=()) -> None:
 
 
 def put(key: bytes, rev: int, value: bytes = b"v", create: int = 0, version: int = 0, lease: int = 0) -> Event:
-    return Event(EventType.PUT, KeyValue(key, value, create or rev, rev, version or 1, lease), time="2024-01-02T14:04:06Z")
+    return Event(EventType.PUT, KeyValue(key, value, create or rev, rev, version or 1, lease),
+                 time="2024-01-02T14:04:06Z")
 
 
 def delete(key: bytes, rev: int) -> Event:

@@ -51,7 +51,7 @@ class BoltWriter:
         self.txid = max(2, txid)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._next = 3  # pages 0 and 1: meta; 2: the freelist
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | bytearray] = []
         self._pending_bytes = 0
         self._buckets: list[tuple[bytes, int, int]] = []
         self._closed = False

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Generator, Sequence, TypeVar
 
 from ..errors import IntegrityError, RestoreError
 from ..snapshot import Snapshot
@@ -56,7 +56,8 @@ def decode_groups(path: Path, where: str) -> list[tuple[int, list]]:
 
 
 def prepared_deltas(store, deltas: Sequence[Snapshot], work: Path, *, max_fetchers: int, progress: Progress,
-                    prepare: Callable[[list[tuple[int, list]]], list[T]]) -> Iterator[tuple[int, Snapshot, list[T], str]]:
+                    prepare: Callable[[list[tuple[int, list]]], list[T]],
+                    ) -> Generator[tuple[int, Snapshot, list[T], str], None, None]:
     """Yield ``(index, delta, prepare(groups), where)`` for each delta in order, fetching a
     bounded window ahead and preparing (verify, decode, group, ``prepare``) one ahead in a
     thread of its own. Logs "fetching" and starts ``progress``'s delta count when first asked
@@ -96,6 +97,7 @@ def prepared_deltas(store, deltas: Sequence[Snapshot], work: Path, *, max_fetche
             pending[i] = fetch(i)
         ready = decoder.submit(prepare_one, pending.pop(0), where_of(0))
         for i, delta in enumerate(deltas):
+            assert ready is not None  # None only after the last delta
             prepared = ready.result()
             if i + window < total:
                 pending[i + window] = fetch(i + window)
@@ -111,9 +113,17 @@ def prepared_deltas(store, deltas: Sequence[Snapshot], work: Path, *, max_fetche
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _first(item: Any) -> int:
+    return item[0]
+
+
+def _event_count(item: Any) -> int:
+    return len(item[1])
+
+
 def still_to_apply(delta: Snapshot, prepared: Sequence[T], revision: int, *, first: bool, where: str,
-                   revision_of: Callable[[T], int] = lambda item: item[0],  # type: ignore[index]
-                   count_of: Callable[[T], int] = lambda item: len(item[1])  # type: ignore[index]
+                   revision_of: Callable[[T], int] = _first,
+                   count_of: Callable[[T], int] = _event_count,
                    ) -> list[T] | None:
     """The prepared revisions of ``delta`` after ``revision``, checked to follow it without a
     gap; None when the delta is already contained in the restored data (nothing to check)."""

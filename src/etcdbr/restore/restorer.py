@@ -38,11 +38,11 @@ from ..fsutil import fsync_dir, fsync_tree
 from ..snapshot import Snapshot, chain_gaps, latest_chain
 from .bbolt import auth_enabled, set_auth_enabled
 from .binaries import EtcdRelease, find_release
+from .direct import DirectReplay, DirectUnsupported
 from .embedded import EmbeddedEtcd, EmbeddedLimits
 from .fetch import fetch_to_file
 from .membership import cluster_size
 from .progress import Progress
-from .direct import DirectReplay, DirectUnsupported
 from .replay import COMPACT_EVERY, DeltaReplay, embedded_limits
 
 log = logging.getLogger(__name__)
