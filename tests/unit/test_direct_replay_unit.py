@@ -50,11 +50,11 @@ def store_with(tmp_path, events, start: int, parts: int = 2):
     return store, sf.save_deltas(store, events, start, parts=parts, policies=("gzip", None))
 
 
-def replay(tmp_path, db, store, deltas, compact_every: int = 10) -> int:
+def replay(tmp_path, db, store, deltas, compact_every: int = 10, to_revision: int | None = None) -> int:
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     return DirectReplay(store, db, max_fetchers=2, progress=Progress(interactive=False),
-                        compact_every=compact_every).run(deltas, work)
+                        compact_every=compact_every, to_revision=to_revision).run(deltas, work)
 
 
 def key_bucket(db) -> list[tuple[bytes, proto.KeyValue]]:
@@ -103,6 +103,49 @@ def test_compaction_where_the_replay_through_etcd_compacts(tmp_path):
         meta = dict(r.items(b"meta"))
     assert meta[b"finishedCompactRev"] == meta[b"scheduledCompactRev"] == revision_key(9, 0)
     assert not list((tmp_path / "work").iterdir()), "the held-back changes are removed"
+
+
+BOUNDED = [put(b"a", 6), delete(b"c", 7), put(b"e", 8), put(b"e", 9), put(b"f", 10), put(b"e", 11)]
+
+
+@pytest.mark.parametrize("bound", [5, 6, 8, 9, 11, 20])  # the db's own, inside deltas, at their ends, past the chain
+def test_a_revision_bound_stops_the_replay_there(tmp_path, bound):
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    make_db(whole / "db", BASE)
+    store, deltas = store_with(whole, BOUNDED, 6, parts=3)
+    assert [d.last_revision for d in deltas] == [7, 9, 11]
+    assert replay(whole, whole / "db", store, deltas) == 11
+    bounded = tmp_path / "bounded"
+    bounded.mkdir()
+    make_db(bounded / "db", BASE)
+    reached = replay(bounded, bounded / "db", store, deltas, to_revision=bound)
+    assert reached == min(bound, 11)
+    expected = [(k, kv) for k, kv in key_bucket(whole / "db") if int.from_bytes(k[:8], "big") <= bound]
+    assert key_bucket(bounded / "db") == expected
+    assert not list((bounded / "work").iterdir())
+
+
+def test_a_revision_bound_compacts_where_the_shorter_chain_would(tmp_path):
+    db = tmp_path / "db"
+    make_db(db, BASE)
+    store, deltas = store_with(tmp_path, BOUNDED, 6, parts=3)
+    # up to 9 the chain is the deltas to 7 and to 9: the replay through etcd compacts after the first only
+    assert replay(tmp_path, db, store, deltas, compact_every=1, to_revision=9) == 9
+    with BoltReader.open(db) as r:
+        meta = dict(r.items(b"meta"))
+    assert meta[b"finishedCompactRev"] == meta[b"scheduledCompactRev"] == revision_key(7, 0)
+    assert [k for k, _ in key_bucket(db)][-1] == revision_key(9, 0)
+
+
+def test_a_revision_bound_below_the_full_snapshot_is_refused(tmp_path):
+    db = tmp_path / "db"
+    make_db(db, BASE)
+    before = db.read_bytes()
+    store, deltas = store_with(tmp_path, BOUNDED, 6, parts=3)
+    with pytest.raises(RestoreError, match="cannot restore to revision 4: the full snapshot is already at revision 5"):
+        replay(tmp_path, db, store, deltas, to_revision=4)
+    assert db.read_bytes() == before
 
 
 @pytest.mark.parametrize("events, message", [

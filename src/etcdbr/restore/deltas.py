@@ -9,6 +9,9 @@ temporary etcd, :mod:`.direct` into the db file), so both skip, refuse and repor
   or below it are skipped (the first delta may overlap the full snapshot); the remaining
   revisions must follow the restored one without a gap, or the replay stops with "mismatched
   event revision" naming the object.
+* An upper bound (point-in-time restore: ``to_revision``) keeps only the deltas that hold
+  revisions at or below it (:func:`deltas_up_to`) and, of the last one, only those revisions
+  (:func:`up_to`): the restored revision is the bound.
 """
 
 from __future__ import annotations
@@ -149,8 +152,28 @@ def still_to_apply(delta: Snapshot, prepared: Sequence[T], revision: int, *, fir
     return out
 
 
-def check_reached(delta: Snapshot, actual: int, where: str, holder: str = "etcd") -> None:
-    """After a delta, the restored data (``holder``) must be at the revision its name ends with."""
-    if actual != delta.last_revision:
+def deltas_up_to(deltas: Sequence[Snapshot], to_revision: int | None) -> list[Snapshot]:
+    """The deltas a replay up to ``to_revision`` (None: no bound) needs: those starting at or
+    below it (deltas are in revision order)."""
+    if to_revision is None:
+        return list(deltas)
+    return [d for d in deltas if d.start_revision <= to_revision]
+
+
+def up_to(groups: list[T], to_revision: int | None, revision_of: Callable[[T], int] = _first) -> list[T]:
+    """The prepared revisions at or below ``to_revision`` (None: all of them)."""
+    if to_revision is None:
+        return groups
+    return [item for item in groups if revision_of(item) <= to_revision]
+
+
+def check_reached(delta: Snapshot, actual: int, where: str, holder: str = "etcd", *,
+                  to_revision: int | None = None) -> None:
+    """After a delta, the restored data (``holder``) must be at the revision its name ends with
+    (or at ``to_revision`` when the delta goes beyond it)."""
+    expected = delta.last_revision if to_revision is None else min(delta.last_revision, to_revision)
+    if actual != expected:
+        end = (f"the snapshot ends at revision {expected}" if expected == delta.last_revision
+               else f"the replay stops at revision {expected}")
         raise RestoreError(f"mismatched event revision after delta snapshot {where}: {holder} is at revision "
-                           f"{actual}, the snapshot ends at revision {delta.last_revision}")
+                           f"{actual}, {end}")

@@ -27,6 +27,10 @@ those transactions would have written, in etcd's own format, into a fresh copy o
   Compaction at a later revision removes everything an earlier one does, so only the last one
   matters. A compaction the full snapshot caught half done is left to etcd, which finishes it
   when it starts (the temporary etcd does the same).
+* With ``to_revision`` (point-in-time restore) the replay stops there, as the replay through
+  etcd does with the same bound (:func:`.deltas.deltas_up_to`, :func:`.deltas.up_to`): deltas
+  starting above it are not fetched, compaction points follow the shortened chain, and the
+  restored revision is the bound (or the chain's end when that comes first).
 * The new db is a complete bbolt file written beside the old one (:mod:`.boltwrite`), fsynced and
   renamed over it: a failure at any point leaves the db ``etcdutl`` restored as it was.
 
@@ -53,7 +57,7 @@ from ..fsutil import fsync_dir
 from ..snapshot import Snapshot
 from .bbolt import BUCKET_LEAF, BoltReader, CorruptDB
 from .boltwrite import BoltWriter, TreeWriter
-from .deltas import check_reached, prepared_deltas, still_to_apply
+from .deltas import check_reached, deltas_up_to, prepared_deltas, still_to_apply, up_to
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -184,19 +188,24 @@ class _Spill:
 class DirectReplay:
     """Apply a store's deltas, in order, to the etcd db file ``db`` (no process may have it open)."""
 
-    def __init__(self, store, db: Path, *, max_fetchers: int, progress: Progress, compact_every: int) -> None:
+    def __init__(self, store, db: Path, *, max_fetchers: int, progress: Progress, compact_every: int,
+                 to_revision: int | None = None) -> None:
         self.store = store
         self.db = Path(db)
         self.max_fetchers = max_fetchers
         self.progress = progress
         self.compact_every = compact_every
+        # point-in-time restore: no revision above this one is applied (None: the whole chain)
+        self.to_revision = to_revision
         self.index = KeyIndex()
         self.revision = 0
         self._keys: TreeWriter | None = None
         self._spill: _Spill | None = None
 
     def run(self, deltas: list[Snapshot], work: Path) -> int:
-        """Replay ``deltas`` (downloaded into ``work``) into the db; returns the revision reached."""
+        """Replay ``deltas`` (downloaded into ``work``) into the db, up to ``to_revision`` when
+        given; returns the revision reached."""
+        deltas = deltas_up_to(deltas, self.to_revision)
         self.progress.info("replaying deltas directly into the restored db", deltas=len(deltas), db=str(self.db))
         tmp = self.db.with_name(self.db.name + ".direct")
         try:
@@ -251,6 +260,10 @@ class DirectReplay:
         last = self._load(src, copy=flush_after is None)
         self.revision = max(1, last, finished, scheduled)
         compacted = max(finished, scheduled)
+        bound = self.to_revision
+        if bound is not None and bound < self.revision:
+            raise RestoreError(f"cannot restore to revision {bound}: the full snapshot is already at revision "
+                               f"{self.revision}")
         if flush_after is not None:
             self._spill = _Spill(work / "direct-replay.spill")
 
@@ -261,12 +274,12 @@ class DirectReplay:
             for i, delta, groups, where in stream:
                 if not self.progress.interactive:
                     self.progress.delta_done(i + 1, total, snapshot=delta.snap_name, revision=delta.last_revision)
-                todo = still_to_apply(delta, groups, self.revision, first=i == 0, where=where)
+                todo = still_to_apply(delta, up_to(groups, bound), self.revision, first=i == 0, where=where)
                 del groups
                 if todo is not None:
                     for rev, events in todo:
                         self._apply(rev, events, where)
-                    check_reached(delta, self.revision, where, holder="the restored data")
+                    check_reached(delta, self.revision, where, holder="the restored data", to_revision=bound)
                 if self.progress.interactive:
                     self.progress.delta_done(i + 1, total, revision=self.revision)
                 if i == flush_after:
