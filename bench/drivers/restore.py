@@ -1,8 +1,8 @@
 """Our restore: ``Restorer.restore`` of a store's latest chain into a fresh data dir, with each
 phase timed: the full part (fetch + decompress + ``etcdutl snapshot restore``), the temporary
-member's start, and the deltas (fetch, decode, replay).
+member's start (replay through etcd only), and the deltas (fetch, decode, replay).
 
-``python -m bench.drivers.restore --store JSON --data-dir DIR --etcd-bin-dir DIR``
+``python -m bench.drivers.restore --store JSON --data-dir DIR --etcd-bin-dir DIR [--delta-replay direct|etcd]``
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ def main(args) -> dict:
     R._fetch_full = timed("fetch_full", R._fetch_full)
     R._restore_full = timed("etcdutl_restore", R._restore_full)
     R._apply_deltas = timed("deltas", R._apply_deltas)
+    R._apply_deltas_direct = timed("deltas", R._apply_deltas_direct)
     mod.EmbeddedEtcd.start = timed("member_start", mod.EmbeddedEtcd.start)
     mod.EmbeddedEtcd.stop = timed("member_stop", mod.EmbeddedEtcd.stop)
 
     store = open_store(store_config(args.store))
     cfg = RestorationConfig(data_dir=args.data_dir, temp_snapshots_dir=args.data_dir + ".tmp",
-                            etcd_bin_dir=args.etcd_bin_dir)
+                            etcd_bin_dir=args.etcd_bin_dir, delta_replay=args.delta_replay)
     restorer = Restorer(store, cfg)
     chain = restorer.latest()
     t0 = time.perf_counter()
@@ -56,6 +57,7 @@ if __name__ == "__main__":
     p.add_argument("--store", required=True)
     p.add_argument("--data-dir", required=True)
     p.add_argument("--etcd-bin-dir", required=True)
+    p.add_argument("--delta-replay", choices=("direct", "etcd"), default="direct")
     a = p.parse_args()
     quiet_logs()
     emit(main(a))

@@ -227,6 +227,9 @@ class RestorationConfig:
     auto_compaction_retention: str = "30m"
     restore_from: str = "primary"
     etcd_bin_dir: str = ""
+    # how deltas are replayed: "direct" (written into the restored db, see restore/direct.py) or
+    # "etcd" (transactions through a temporary etcd, the Go tool's way)
+    delta_replay: str = "direct"
 
 
 @dataclass

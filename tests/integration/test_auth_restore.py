@@ -2,9 +2,11 @@
 deltas), restores; the restored member has authentication on, with its users, roles and
 permissions as they were, and every key at its revisions. The same for ``compact``'s snapshot.
 
-The replay writes as no user, which etcd refuses while auth is on; the restorer switches auth off
-in the data dir it is building, replays, and switches it back on before the dir is checked and
-put in place (the Go tool disables auth on its embedded etcd for the same reason).
+The replay through a temporary etcd writes as no user, which etcd refuses while auth is on; the
+restorer switches auth off in the data dir it is building, replays, and switches it back on before
+the dir is checked and put in place (the Go tool disables auth on its embedded etcd for the same
+reason). The direct replay (the default) makes no request and leaves the switch alone; both give
+the same ``hashkv``.
 """
 
 from __future__ import annotations
@@ -130,18 +132,27 @@ def test_auth_enabled_backup_restores_with_auth_still_on(etcd_factory, tmp_path)
     full, deltas = latest_chain(store.list())
     assert full is not None and len(deltas) >= 2 and deltas[-1].last_revision == expected["revision"]
 
-    data_dir = tmp_path / "restored" / f"{NAME}.etcd"
-    result = _cli("restore", tmp_path, data_dir)
-    assert result.exit_code == 0, result.output
-    assert "replaying the deltas with it switched off" in result.stderr
-    assert "switched etcd authentication back on in the restored data" in result.stderr
-    assert f"restore done at revision {expected['revision']}" in result.stderr
-    assert auth_enabled(data_dir / "member" / "snap" / "db")
-    server = sf.serve(data_dir, Path(config.restoration.etcd_bin_dir))
-    try:
-        _assert_auth_on_as_before(server, expected, security)
-    finally:
-        server.cleanup()
+    hashes = {}
+    for mode in ("etcd", "direct"):
+        data_dir = tmp_path / f"restored-{mode}" / f"{NAME}.etcd"
+        result = _cli("restore", tmp_path, data_dir, f"--delta-replay={mode}")
+        assert result.exit_code == 0, result.output
+        if mode == "etcd":  # the temporary etcd is driven as no user
+            assert "switched off in the restored data while the temporary etcd works on it" in result.stderr
+            assert "switched etcd authentication back on in the restored data" in result.stderr
+        else:  # nothing to switch: no request is made
+            assert "switched off" not in result.stderr and "switched etcd authentication" not in result.stderr
+        assert f"restore done at revision {expected['revision']}" in result.stderr
+        assert auth_enabled(data_dir / "member" / "snap" / "db")
+        server = sf.serve(data_dir, Path(config.restoration.etcd_bin_dir))
+        try:
+            _assert_auth_on_as_before(server, expected, security)
+            [status] = json.loads(_ctl(server, "endpoint", "hashkv", f"--rev={expected['revision']}",
+                                       "-w", "json").stdout)
+            hashes[mode] = (status["HashKV"]["hash"], status["HashKV"]["compact_revision"])
+        finally:
+            server.cleanup()
+    assert hashes["direct"] == hashes["etcd"]  # etcd's own hash of the keyspace, both replays
 
     # compact folds the chain into one full snapshot, which must carry auth on as well
     compacted = Compactor(store, config).run()

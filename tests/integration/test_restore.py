@@ -1,7 +1,10 @@
 """``restore`` end to end: real snapshots of a real etcd (>= 20,000 operations as one full snapshot
-and five deltas in five codecs), restored by the CLI with the real etcdutl and a temporary etcd,
-then served by a real etcd and compared key by key (value, create/mod revision, version) and by
-current revision with the source. Local stores where S3 adds nothing, SeaweedFS S3 otherwise.
+and five deltas in five codecs), restored by the CLI with the real etcdutl and the deltas written
+into the restored db (the default) or replayed through a temporary etcd (``--delta-replay=etcd``:
+the tests of that engine's pipelining, limits and quota handling), then served by a real etcd and
+compared key by key (value, create/mod revision, version) and by current revision with the
+source. Local stores where S3 adds nothing, SeaweedFS S3 otherwise. Both engines hashed against
+each other: tests/integration/test_direct_replay.py.
 """
 
 from __future__ import annotations
@@ -103,20 +106,23 @@ def test_reference_workload_is_big_enough(ref):
     assert {d.compression_suffix for d in ref.deltas} == {".gz", ".zlib", "", ".zst", ".Z"}
 
 
-def test_restore_rebuilds_a_deleted_data_dir(ref, tmp_path):
+@pytest.mark.parametrize("mode", ["direct", "etcd"])
+def test_restore_rebuilds_a_deleted_data_dir(ref, tmp_path, mode):
     store = local_store(tmp_path / "bucket")
     sf.copy_snapshots(ref.store(), store)
     data_dir = tmp_path / "member.etcd"
     before = restorations("true")
-    # --max-txn-ops below the source's 300-op transaction: it must still land as one revision.
+    # --max-txn-ops below the source's 300-op transaction: it must still land as one revision
+    # (the temporary etcd is restarted with a larger limit; the direct replay has no limit).
     result = run(restore_args(ref, data_dir, tmp_path, *local_flags(tmp_path / "bucket"),
-                              "--max-txn-ops=128", "--max-fetchers=2"))
+                              "--max-txn-ops=128", "--max-fetchers=2", f"--delta-replay={mode}"))
     assert result.exit_code == 0, result.output
     log = result.stderr
     for line in ("fetching", "restoring base snapshot", "applying deltas 1/5", "applying deltas 5/5",
                  f"restore done at revision {ref.expected.revision}"):
         assert line in log
-    assert "lands as one revision" in log
+    assert ("lands as one revision" in log) == (mode == "etcd")
+    assert ("replaying deltas directly into the restored db" in log) == (mode == "direct")
     assert restorations("true") == before + 1
     assert not (tmp_path / "member.etcd.part").exists() and not (tmp_path / "restore-tmp").exists()
     assert oct(data_dir.stat().st_mode & 0o777) == "0o700"
@@ -234,7 +240,7 @@ def test_long_chain_is_compacted_and_defragmented_on_the_way(ref, tmp_path):
     data_dir = tmp_path / "member.etcd"
     # A 2.75 MiB quota (the db reaches about 2.5 MiB by then): the periodic compaction after 10
     # deltas must also defragment to go on.
-    result = run(restore_args(ref, data_dir, tmp_path, *local_flags(bucket), "--max-fetchers=3",
+    result = run(restore_args(ref, data_dir, tmp_path, *local_flags(bucket), "--max-fetchers=3", "--delta-replay=etcd",
                               "--max-txn-ops=1000", f"--embedded-etcd-quota-bytes={11 * 256 * 1024}"))
     assert result.exit_code == 0, result.output
     assert "applying deltas 12/12" in result.stderr and "defragmenting the temporary etcd" in result.stderr
@@ -248,7 +254,7 @@ def _pipelined_restore(ref, tmp_path):
     sf.copy_snapshots(ref.store(), store)
     data_dir = tmp_path / "member.etcd"
     return run(restore_args(ref, data_dir, tmp_path, *local_flags(tmp_path / "bucket"), "--max-txn-ops=1000",
-                            "--log-level=debug")), data_dir
+                            "--log-level=debug", "--delta-replay=etcd")), data_dir
 
 
 def test_replay_resumes_exactly_when_a_guarded_transaction_arrives_out_of_order(ref, tmp_path, monkeypatch):
@@ -315,7 +321,8 @@ def test_replay_goes_on_pipelining_after_a_restart_for_larger_limits_mid_delta(r
     store = local_store(tmp_path / "bucket")
     sf.copy_snapshots(ref.store(), store)
     data_dir = tmp_path / "member.etcd"
-    result = run(restore_args(ref, data_dir, tmp_path, *local_flags(tmp_path / "bucket"), "--max-txn-ops=3"))
+    result = run(restore_args(ref, data_dir, tmp_path, *local_flags(tmp_path / "bucket"), "--max-txn-ops=3",
+                              "--delta-replay=etcd"))
     assert result.exit_code == 0, result.output
     assert result.stderr.count("lands as one revision") >= 2
     assert_matches_source(ref, data_dir)

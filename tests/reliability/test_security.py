@@ -373,22 +373,34 @@ def test_restore_temp_files_are_private(tmp_path, etcd_server, open_umask, monke
     seen: list[tuple[str, str, int]] = []
     original = LocalStore._open_read
 
-    def watching_open(self, key):
+    def look() -> None:
         if temp_root.exists():
             for path in [temp_root, *temp_root.rglob("*")]:
                 try:  # the restore removes applied deltas meanwhile
                     seen.append(("dir" if path.is_dir() else "file", path.name, _mode(path)))
                 except FileNotFoundError:
                     pass
+
+    def watching_open(self, key):
+        look()
         return original(self, key)
 
+    from etcdbr.restore import deltas as deltas_mod
+
+    decode = deltas_mod.decode_groups
+
+    def watching_decode(path, where):  # a downloaded delta, complete, about to be read
+        look()
+        return decode(path, where)
+
     monkeypatch.setattr(LocalStore, "_open_read", watching_open)
+    monkeypatch.setattr(deltas_mod, "decode_groups", watching_decode)
     result = invoke(["restore", "--storage-provider=Local", f"--store-container={store_dir}", "--store-prefix=perm",
                      f"--data-dir={tmp_path / 'default.etcd'}", f"--restoration-temp-snapshots-dir={temp_root}",
                      f"--etcd-bin-dir={sf.etcd_bin_dir()}", "--max-fetchers=1"])
     assert result.code == 0, result.output
     files = [s for s in seen if s[0] == "file"]
-    assert files, f"no downloaded snapshot was seen in the temp dir: {seen}"
+    assert any(name.startswith("delta-") for _, name, _ in files), f"no downloaded snapshot was seen: {seen}"
     bad = [s for s in seen if s[2] != (0o700 if s[0] == "dir" else 0o600)]
     assert not bad, bad
     assert not temp_root.exists() or not any(temp_root.iterdir()), "restore left temp files behind"

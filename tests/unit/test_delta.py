@@ -318,3 +318,39 @@ def test_parse_go_time_accepts_any_fraction():
     assert parse_go_time("2024-01-02T14:04:05.5Z").microsecond == 500000
     with pytest.raises(ValueError):
         parse_go_time("2024-01-02 14:04:05")
+
+
+# -- the fast path for the shape Go writes ----------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(events, max_size=8))
+def test_fast_path_agrees_with_the_general_one(evs):
+    from etcdbr import delta
+
+    body = encode_delta(evs)[:-32]
+    fast = delta._events_as_go_writes_them(json.loads(body))
+    assert fast is not None, "Go's own shape takes the fast path"
+    general = [delta._event_from_json(item, n) for n, item in
+               enumerate(json.loads(body, object_pairs_hook=delta._Pairs))]
+    assert fast == general == evs
+
+
+@pytest.mark.parametrize("body", [
+    b'[{"EtcdEvent":{"kv":{"key":"YQ=="}}}]',             # another spelling of a name
+    b'[{"etcdEvent":{"kv":{"key":"YQ==","lease":null}}}]',  # a null
+    b'[{"etcdEvent":{"kv":{"key":"YQ==","extra":1}}}]',     # an unknown name
+    b'[{"etcdEvent":{"kv":{"key":"L3JlZ2lz\\ndHJ5"}}}]',    # wrapped base64
+    b'[{"etcdEvent":{"type":true,"kv":{"key":"YQ=="}}}]',   # a bool for a number
+    b'[{"etcdEvent":{"kv":{"key":"YQ=="},"prev_kv":null}}]',
+    b"null",
+])
+def test_anything_else_takes_the_general_path(body):
+    from etcdbr import delta
+
+    assert delta._events_as_go_writes_them(json.loads(body)) is None
+    if b"true" in body:  # what Go rejects is rejected there
+        with pytest.raises(IntegrityError, match="64-bit integer"):
+            decode_delta(with_hash(body))
+    else:
+        decode_delta(with_hash(body))  # and decodes there (the general path's own tests: above)

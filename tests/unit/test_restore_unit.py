@@ -19,7 +19,7 @@ from etcdbr.delta import DeltaEncoder, Event, EventType, KeyValue
 from etcdbr.errors import ConfigError, RestoreError
 from etcdbr.restore import DataDirStatus, Initializer, InitStatus, choose_store, select_source, validate_data_dir
 from etcdbr.restore.bbolt import MAGIC, BoltReader, CorruptDB, fnv64a
-from etcdbr.restore.replay import _group_by_revision
+from etcdbr.restore.deltas import group_by_revision
 from etcdbr.restore.restorer import Chain, Restorer, part_dir, swap_in
 from etcdbr.snapshot import Kind, new_snapshot
 from etcdbr.snapstore import open_store
@@ -182,7 +182,7 @@ def test_a_gap_in_the_chain_names_the_object(buckets, tmp_path):
 def test_events_group_per_revision_in_order():
     evs = [Event(EventType.PUT, KeyValue(key=k, mod_revision=r)) for k, r in
            [(b"a", 5), (b"b", 5), (b"c", 6), (b"d", 7), (b"e", 7), (b"f", 7)]]
-    assert [(r, [e.kv.key for e in g]) for r, g in _group_by_revision(evs)] == [
+    assert [(r, [e.kv.key for e in g]) for r, g in group_by_revision(evs)] == [
         (5, [b"a", b"b"]), (6, [b"c"]), (7, [b"d", b"e", b"f"])]
 
 

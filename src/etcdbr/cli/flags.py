@@ -180,6 +180,11 @@ GROUPS: dict[str, list[Opt]] = {
             "Do not check the full snapshot's SHA-256 trailer (for a db copied from a data dir)."),
         Opt("max-fetchers", "restoration.max_fetchers", positive(),
             "Delta snapshots downloaded in parallel ahead of replay."),
+        Opt("delta-replay", "restoration.delta_replay", Choice("direct", "etcd"),
+            "How deltas are replayed: direct writes their revisions into the restored db (falls back to etcd when "
+            "the db holds something it does not handle); etcd replays them as transactions through a temporary "
+            "etcd (the Go tool's way, slower). The --max-*, --embedded-etcd-quota-bytes and --auto-compaction-* "
+            "flags only bind that temporary etcd."),
         Opt("max-call-send-message-size", "restoration.max_call_send_message_size",
             ByteSize(1, expect="an integer > 0"),
             "Largest gRPC message sent to the temporary etcd."),

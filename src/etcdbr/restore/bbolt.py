@@ -14,6 +14,7 @@ value is ``root u64, sequence u64`` followed, for an inline bucket (root 0), by 
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
@@ -27,6 +28,8 @@ ELEMENT = 16
 _FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
 _MAX_DEPTH = 64
 _PAGE_SIZES = (4096, 8192, 16384, 32768, 65536, 2048, 1024)
+_HEADER = struct.Struct("<QHHI")
+_LEAF_ELEMENTS = struct.Struct("<IIII")
 
 
 class CorruptDB(Exception):
@@ -60,23 +63,36 @@ def _parse_meta(buf: bytes) -> Meta | None:
 
 
 class BoltReader:
-    def __init__(self, fh: BinaryIO, size: int) -> None:
+    def __init__(self, fh: BinaryIO, size: int, *, mapped: "mmap.mmap | None" = None) -> None:
         self.fh = fh
         self.size = size
+        self._map = mapped
         self.meta = self._read_meta()
 
     @classmethod
-    def open(cls, path) -> "BoltReader":
+    def open(cls, path, *, mapped: bool = False) -> "BoltReader":
+        """Open ``path`` read-only; ``mapped``: read pages through a read-only memory map (for
+        walking a whole database: no system call per page)."""
         import os
 
         fh = open(path, "rb")
         try:
-            return cls(fh, os.fstat(fh.fileno()).st_size)
+            size = os.fstat(fh.fileno()).st_size
+            view = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if mapped and size else None
+            try:
+                return cls(fh, size, mapped=view)
+            except BaseException:
+                if view is not None:
+                    view.close()
+                raise
         except BaseException:
             fh.close()
             raise
 
     def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         self.fh.close()
 
     def __enter__(self) -> "BoltReader":
@@ -86,8 +102,11 @@ class BoltReader:
         self.close()
 
     def _read(self, offset: int, length: int) -> bytes:
-        self.fh.seek(offset)
-        data = self.fh.read(length)
+        if self._map is not None:
+            data = self._map[offset:offset + length]
+        else:
+            self.fh.seek(offset)
+            data = self.fh.read(length)
         if len(data) != length:
             raise CorruptDB(f"truncated: wanted {length} bytes at offset {offset}, file has {self.size}")
         return data
@@ -155,6 +174,47 @@ class BoltReader:
             key = self._slice(page, at + pos, ksize)
             value = self._slice(page, at + pos + ksize, vsize)
             yield key, value, eflags
+
+    @staticmethod
+    def _leaf_list(page: bytes) -> list[tuple[bytes, bytes, int]]:
+        """A leaf page's elements at once (the walk of a whole bucket spends its time here)."""
+        _pid, _flags, count, _overflow = _HEADER.unpack_from(page)
+        end = PAGE_HEADER + count * ELEMENT
+        size = len(page)
+        if end > size:
+            raise CorruptDB("page element count exceeds the page")
+        out = []
+        at = PAGE_HEADER
+        for eflags, pos, ksize, vsize in _LEAF_ELEMENTS.iter_unpack(page[PAGE_HEADER:end]):
+            start = at + pos
+            middle = start + ksize
+            stop = middle + vsize
+            if stop > size:
+                raise CorruptDB("element points outside its page")
+            out.append((page[start:middle], page[middle:stop], eflags))
+            at += ELEMENT
+        return out
+
+    def leaves(self, bucket: bytes) -> Iterator[tuple[bytes, list[tuple[bytes, bytes, int]]]]:
+        """Each leaf page of a top-level bucket in key order, as (the page with its overflow,
+        its elements as (key, value, flags))."""
+        root = self._find_bucket(bucket)
+        if root is None:
+            return
+        # pages are read when their turn comes: a branch's children may be large (overflow)
+        stack: list[tuple[bytes | int, int]] = [(root, 0)]
+        while stack:
+            at, depth = stack.pop()
+            if depth > _MAX_DEPTH:
+                raise CorruptDB("B+tree deeper than possible (cycle?)")
+            page = self._page(at) if isinstance(at, int) else at
+            flags, _count = self._elements(page)
+            if flags & LEAF:
+                yield page, self._leaf_list(page)
+            elif flags & BRANCH:
+                stack.extend((pgid, depth + 1) for _key, pgid in reversed(self._branch_children(page)))
+            else:
+                raise CorruptDB(f"unexpected page type {flags:#x} inside a bucket")
 
     def _branch_children(self, page: bytes) -> list[tuple[bytes, int]]:
         _flags, count = self._elements(page)
@@ -232,6 +292,21 @@ class BoltReader:
             if key == name and flags & BUCKET_LEAF:
                 return self._bucket_root(value)
         return None
+
+    def bucket_sequence(self, name: bytes) -> int:
+        """The sequence number kept in a top-level bucket's header (0 when absent)."""
+        for key, value, flags in self._walk(self._page(self.meta.root)):
+            if key == name and flags & BUCKET_LEAF:
+                if len(value) < 16:
+                    raise CorruptDB("bucket header too short")
+                return struct.unpack_from("<Q", value, 8)[0]
+        return 0
+
+    def elements(self, bucket: bytes) -> Iterator[tuple[bytes, bytes, int]]:
+        """Every element of a top-level bucket in key order as (key, value, flags); an element
+        with ``BUCKET_LEAF`` in its flags is a nested bucket (its value is that bucket's header)."""
+        for _page, items in self.leaves(bucket):
+            yield from items
 
     def items(self, bucket: bytes) -> Iterator[tuple[bytes, bytes]]:
         root = self._find_bucket(bucket)

@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 
 from ..config import RestorationConfig
-from ..errors import EtcdbrError, IntegrityError, RestoreError
+from ..errors import EtcdbrError, RestoreError
 from ..etcd import proto
 from ..etcd.blocking import absent, delete_op, modified_at, put_op
 from ..etcd.errors import describe
 from ..snapshot import Snapshot
+from .deltas import check_reached, prepared_deltas, still_to_apply
 from .embedded import EmbeddedEtcd, EmbeddedLimits
-from .fetch import fetch_to_file
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -69,17 +68,6 @@ def embedded_limits(cfg: RestorationConfig) -> EmbeddedLimits:
     )
 
 
-def _group_by_revision(events) -> list[tuple[int, list]]:
-    groups: list[tuple[int, list]] = []
-    for ev in events:
-        rev = ev.kv.mod_revision
-        if groups and groups[-1][0] == rev:
-            groups[-1][1].append(ev)
-        else:
-            groups.append((rev, [ev]))
-    return groups
-
-
 def _ops(events) -> list:
     from ..delta import EventType
 
@@ -90,6 +78,11 @@ def _ops(events) -> list:
         else:  # a lease is a property of the source cluster's clients: it is dropped, as in Go
             ops.append(put_op(ev.kv.key, ev.kv.value))
     return ops
+
+
+def _prepare(groups: list[tuple[int, list]]) -> list[tuple[int, int, list, proto.Compare]]:
+    """One (revision, event count, ops, guard) per revision of a decoded delta."""
+    return [(rev, len(group), _ops(group), _guard_after(rev, group)) for rev, group in groups]
 
 
 def _guard_after(revision: int, events):
@@ -123,33 +116,10 @@ class DeltaReplay:
         if not deltas:
             return revision
         total = len(deltas)
-        window = max(1, min(self.max_fetchers, total))
-        self.progress.info("fetching", deltas=total, parallel=window, store=self.store.display)
-        self.progress.start_deltas(total)
-        pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="delta-fetch")
-        # Decoding (JSON, base64) is most of the replay's own CPU: done for the next delta while
-        # the current one is replayed, it overlaps the wait for etcd. One ahead bounds memory.
-        decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-decode")
-        pending: dict[int, Future] = {}
-        prepared: Future | None = None
-
-        def where_of(i: int) -> str:
-            return f"{self.store.display} object {deltas[i].key}"
-
+        stream = prepared_deltas(self.store, deltas, work, max_fetchers=self.max_fetchers, progress=self.progress,
+                                 prepare=_prepare)
         try:
-            # A bounded look-ahead: at most ``window`` deltas are downloaded and not yet applied.
-            for i in range(window):
-                pending[i] = pool.submit(self._fetch, deltas[i], work / f"delta-{i:06d}")
-            prepared = decoder.submit(self._prepare, pending.pop(0), where_of(0))
-            for i, delta in enumerate(deltas):
-                where = where_of(i)
-                assert prepared is not None  # None only after the last delta
-                groups = prepared.result()
-                if i + window < total:
-                    pending[i + window] = pool.submit(self._fetch, deltas[i + window],
-                                                      work / f"delta-{i + window:06d}")
-                prepared = (decoder.submit(self._prepare, pending.pop(i + 1), where_of(i + 1))
-                            if i + 1 < total else None)
+            for i, delta, groups, where in stream:
                 if not self.progress.interactive:
                     self.progress.delta_done(i + 1, total, snapshot=delta.snap_name, revision=delta.last_revision)
                 revision = self._apply_one(delta, groups, revision, first=i == 0, where=where)
@@ -159,64 +129,21 @@ class DeltaReplay:
                 if (i + 1) % COMPACT_EVERY == 0 and i + 1 < total:
                     self._maintain(revision)
         finally:
-            for fut in pending.values():
-                fut.cancel()
-            if prepared is not None:
-                prepared.cancel()
-            decoder.shutdown(wait=True, cancel_futures=True)
-            pool.shutdown(wait=True, cancel_futures=True)
+            stream.close()
             self.progress.close()
         return revision
 
     # -- one delta ---------------------------------------------------------------------------
-    def _fetch(self, delta: Snapshot, path: Path) -> Path:
-        fetch_to_file(self.store, delta, path)
-        return path
-
-    def _prepare(self, fetched: Future, where: str) -> list[tuple[int, int, list, proto.Compare]]:
-        """Wait for a fetched delta, verify and decode it, and turn it into one (revision, event
-        count, ops, guard) per revision. Runs in a thread of its own, one delta ahead of the replay."""
-        from ..delta import decode_delta
-
-        try:
-            path = fetched.result()
-        except IntegrityError as exc:
-            raise RestoreError(f"delta snapshot {where}: {exc}") from exc
-        payload = path.read_bytes()
-        path.unlink(missing_ok=True)
-        try:
-            events = decode_delta(payload)
-        except IntegrityError as exc:
-            raise RestoreError(f"delta snapshot {where} failed verification: {exc}") from exc
-        del payload
-        return [(rev, len(group), _ops(group), _guard_after(rev, group)) for rev, group in _group_by_revision(events)]
-
     def _apply_one(self, delta: Snapshot, prepared: list, revision: int, *, first: bool, where: str) -> int:
-        if delta.last_revision <= revision:
-            log.info("skipping delta already contained in the restored data", extra={
-                "snapshot": delta.snap_name, "revision": revision})
+        groups = still_to_apply(delta, prepared, revision, first=first, where=where,
+                                count_of=lambda item: item[1])
+        if groups is None:
             return revision
-        skipped = 0
-        groups: list[tuple[int, list, proto.Compare]] = []
-        for group_rev, count, ops, guard in prepared:
-            if group_rev <= revision:
-                skipped += count
-                continue
-            expected = revision + len(groups) + 1
-            if group_rev != expected:
-                raise RestoreError(f"mismatched event revision in delta snapshot {where}: next event is at "
-                                   f"revision {group_rev} but the restored data is at revision {expected - 1}")
-            groups.append((group_rev, ops, guard))
         if groups:
-            revision = self._replay(groups, revision, where)
-        if skipped and not first:
-            log.warning("delta overlaps revisions already restored; skipped those events",
-                        extra={"snapshot": delta.snap_name, "events": skipped})
+            revision = self._replay([(rev, ops, guard) for rev, _count, ops, guard in groups], revision, where)
         assert self.member.client is not None
         actual = self.member.client.revision()
-        if actual != delta.last_revision:
-            raise RestoreError(f"mismatched event revision after delta snapshot {where}: etcd is at revision "
-                               f"{actual}, the snapshot ends at revision {delta.last_revision}")
+        check_reached(delta, actual, where)
         return actual
 
     # -- the pipelined, guarded transactions ----------------------------------------------------

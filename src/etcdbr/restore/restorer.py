@@ -38,11 +38,12 @@ from ..fsutil import fsync_dir, fsync_tree
 from ..snapshot import Snapshot, chain_gaps, latest_chain
 from .bbolt import auth_enabled, set_auth_enabled
 from .binaries import EtcdRelease, find_release
+from .direct import DirectReplay, DirectUnsupported
 from .embedded import EmbeddedEtcd, EmbeddedLimits
 from .fetch import fetch_to_file
 from .membership import cluster_size
 from .progress import Progress
-from .replay import DeltaReplay, embedded_limits
+from .replay import COMPACT_EVERY, DeltaReplay, embedded_limits
 
 log = logging.getLogger(__name__)
 
@@ -271,12 +272,47 @@ class Restorer:
             return self._db_revision(release, target), None
         # A data dir restored for a multi-member cluster names the real peers, and a member
         # started on it talks to them: it would join a live cluster, or be sent entries it never
-        # had. So deltas are replayed on a one-member data dir, whose db is then restored for
-        # the real cluster (the membership of a db to compact does not matter at all).
+        # had. So a temporary member only ever runs on a one-member data dir, whose db is then
+        # restored for the real cluster (the membership of a db to compact does not matter at all).
         multi = cluster_size(self.config.initial_cluster) > 1
+        if chain.deltas and self.config.delta_replay == "direct":
+            lone = multi and keep_running  # a member will run on it
+            self._restore_full(release, db, chain.full, target, lone=lone)
+            db.unlink(missing_ok=True)
+            target_db = target / "member" / "snap" / "db"
+            self.source_auth = auth_enabled(target_db)
+            try:
+                revision = self._apply_deltas_direct(target_db, chain.deltas, work)
+            except DirectUnsupported as exc:
+                log.warning("cannot write the deltas into the restored db directly; replaying them through a "
+                            "temporary etcd instead", extra={"reason": str(exc)})
+                if multi and not lone:  # the temporary member needs a one-member copy of it
+                    db = work / "snapshot-restored.db"
+                    shutil.move(str(target_db), db)
+                    shutil.rmtree(target)
+                    return self._build_through_etcd(target, chain, work, db, multi=True, keep_running=keep_running,
+                                                    restored=True)
+                return self._build_through_etcd(target, chain, work, None, multi=multi, keep_running=keep_running)
+            if not keep_running:
+                return revision, None
+            self._switch_auth_off(target_db)  # the caller drives the member as no user
+            member = EmbeddedEtcd(release, target, name=self.config.name, limits=self._limits(), work_dir=work)
+            member.start()
+            return revision, member
+        return self._build_through_etcd(target, chain, work, db, multi=multi, keep_running=keep_running)
+
+    def _build_through_etcd(self, target: Path, chain: Chain, work: Path, db: Path | None, *, multi: bool,
+                            keep_running: bool, restored: bool = False) -> tuple[int, EmbeddedEtcd | None]:
+        """Replay the deltas through a temporary etcd. ``db``: the full snapshot to restore first
+        (``restored``: a db etcdutl already restored once, without hash trailer); None: ``target``
+        already holds the full snapshot restored for a member that may run there."""
+        release = self.release
+        if chain.deltas:
+            self.progress.info("replaying deltas through a temporary etcd", deltas=len(chain.deltas))
         replay = work / "replay.etcd" if multi and not keep_running else target
-        self._restore_full(release, db, chain.full, replay, lone=multi)
-        db.unlink(missing_ok=True)
+        if db is not None:
+            self._restore_full(release, db, chain.full, replay, lone=multi, replayed=restored)
+            db.unlink(missing_ok=True)
         replay_db = replay / "member" / "snap" / "db"
         self._switch_auth_off(replay_db)
         member = EmbeddedEtcd(release, replay, name=self.config.name, limits=self._limits(), work_dir=work)
@@ -307,8 +343,9 @@ class Restorer:
         if self.source_auth:
             set_auth_enabled(db, False)
             self.auth_switched_off = True
-            log.info("the backup has etcd authentication on: replaying the deltas with it switched off in the "
-                     "restored data; it is switched back on before the data dir is used", extra={"db": str(db)})
+            log.info("the backup has etcd authentication on: it is switched off in the restored data while the "
+                     "temporary etcd works on it as no user, and back on before the data is used",
+                     extra={"db": str(db)})
 
     # -- full snapshot -----------------------------------------------------------------------
     def _fetch_full(self, full: Snapshot, work: Path) -> Path:
@@ -364,6 +401,10 @@ class Restorer:
     def _apply_deltas(self, member: EmbeddedEtcd, deltas: list[Snapshot], work: Path) -> int:
         return DeltaReplay(self.store, member, max_fetchers=self.config.max_fetchers,
                            progress=self.progress).run(deltas, work)
+
+    def _apply_deltas_direct(self, db: Path, deltas: list[Snapshot], work: Path) -> int:
+        return DirectReplay(self.store, db, max_fetchers=self.config.max_fetchers, progress=self.progress,
+                            compact_every=COMPACT_EVERY).run(deltas, work)
 
 
 def _etcdutl_error(text: str) -> str:
