@@ -127,7 +127,7 @@ def restore_commands(state: Path, target: str, extra: str = "") -> list[str]:
     ]
 
 
-def main() -> int:  # noqa: C901 - one linear script: start, wait, print, stop
+def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dual", action="store_true",
