@@ -115,6 +115,10 @@ class Dual:
 
 
 def restore_commands(state: Path, target: str, extra: str = "") -> list[str]:
+    base, n = target, 1
+    while (state / target).exists():  # a restore refuses a non-empty data dir: name a new one
+        n += 1
+        target = f"{base}-{n}"
     data = display(state / target)
     return [
         f"{TOOL} restore{extra} --data-dir={data} --name=demo "
