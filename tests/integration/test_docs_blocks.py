@@ -111,7 +111,8 @@ def run_block(text: str, work: Path, env: dict, where: str) -> subprocess.Comple
     script = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + text
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env, capture_output=True,
                             text=True, timeout=180)
-    assert result.returncode == 0, f"{where} failed (exit {result.returncode}):\n{text}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, \
+        f"{where} failed (exit {result.returncode}):\n{text}\n{result.stdout}\n{result.stderr}"
     assert "Traceback" not in result.stderr and "error:" not in result.stderr, f"{where}:\n{result.stderr}"
     if "get demo/hello" in text:  # the key the demo wrote first, read back from the restored member
         assert "demo/hello\nworld" in result.stdout, f"{where}:\n{result.stdout}"
