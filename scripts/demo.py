@@ -142,6 +142,10 @@ def main() -> int:
     parser.add_argument("--no-writes", action="store_true", help="do not write demo keys into etcd")
     args = parser.parse_args()
 
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", args.port)) == 0:
+            raise SystemExit(f"error: port {args.port} on 127.0.0.1 is in use (another demo?); "
+                             f"pick another: scripts/demo --port {free_port()}")
     state = Path(args.dir).resolve()
     if args.fresh and state.exists():
         shutil.rmtree(state)
