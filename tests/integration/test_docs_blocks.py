@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 from services import free_port
@@ -89,12 +90,22 @@ class Demo:
         return "\n".join(self.lines)
 
     def interrupt(self) -> int:
+        """Ctrl-C: only the demo gets it (its children run in their own sessions) and stops them."""
+        self.children = psutil.Process(self.proc.pid).children(recursive=True)
         self.proc.send_signal(signal.SIGINT)
         try:
             return self.proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+
+    def left_running(self) -> list[str]:
+        # the write loop's short-lived `etcdctl put` and `sleep 0.5` may outlive it by a moment
+        _, alive = psutil.wait_procs(self.children, timeout=3)
+        alive = [c for c in alive if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        for child in alive:
+            child.kill()
+        return [" ".join(c.cmdline()[:2]) for c in alive]
 
     def printed_after(self, heading: str) -> str:
         at = max(i for i, line in enumerate(self.lines) if line.startswith(heading))
@@ -136,6 +147,8 @@ def test_runnable_blocks_work_as_written(setup, tmp_path):
     finally:
         code = demo.interrupt()
     assert code == 0, demo.output()
+    assert demo.left_running() == []
+    assert len(demo.children) >= (5 if setup == "demo-dual" else 3)  # etcd, writer, server (+ S3, GCS)
     assert sorted(p.name for p in home.iterdir()) == [], "the commands wrote into $HOME"
     if setup == "demo":  # the restore the demo prints when it stops works as printed
         printed = demo.printed_after("Restore the latest backup")

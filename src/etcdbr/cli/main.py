@@ -8,6 +8,7 @@ import click
 
 from .. import __version__
 from .common import version_line
+from .options import FlagError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -21,7 +22,7 @@ class OneLineErrors(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: its help is the answer
+        except (click.exceptions.NoArgsIsHelpError, FlagError) as exc:  # a bare group's help; our own one line
             exc.show()
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
