@@ -88,6 +88,12 @@ class Dual:
 
     def start(self) -> None:
         say("starting the S3 server (SeaweedFS weed mini) and the GCS emulator (fake-gcs-server) ...")
+        try:
+            self._start()
+        except Exception as exc:  # noqa: BLE001 - the harness's errors name the service and its log
+            raise SystemExit(f"error: {' '.join(str(exc).split())}") from None
+
+    def _start(self) -> None:
         self.s3.start()
         if PRIMARY_BUCKET not in {b["Name"] for b in self.s3.client().list_buckets().get("Buckets", [])}:
             self.s3.create_bucket(PRIMARY_BUCKET)
