@@ -48,7 +48,10 @@ class StoreUnavailable(StoreError):
 
 
 class PermissionDenied(StoreError):
-    """The credentials were refused or lack a permission."""
+    """The credentials were refused or lack a permission: a credential problem, exit 2 as the
+    README lists it (retrying cannot help; the operator must change the credentials or grants)."""
+
+    exit_code = 2
 
 
 class ImmutableObject(StoreError):

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import threading
+import warnings
 from datetime import datetime, timezone
 from typing import Any
 
@@ -99,3 +100,16 @@ def setup(level: str = "info", fmt: str = "text", stream=None) -> None:
     # Third-party libraries log request details (URLs with signatures, headers) at DEBUG.
     for noisy in ("botocore", "boto3", "urllib3", "azure", "google", "aiohttp.access", "grpc", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # google-auth warns while it probes for Application Default Credentials (the metadata server);
+    # the store's own error says what is missing, so its guesses stay at debug.
+    logging.getLogger("google.auth").setLevel(max(logging.ERROR, root.level) if root.level > logging.DEBUG
+                                              else logging.DEBUG)
+    warnings.showwarning = _warning_as_log_line
+
+
+def _warning_as_log_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning (from an SDK: deprecations, credential hints) as one debug log line, never
+    the two-line block Python prints on stderr before an error."""
+    text = " ".join(str(message).split())
+    logging.getLogger("py.warnings").debug(f"{category.__name__}: {text}",
+                                           extra={"source": f"{filename}:{lineno}"})

@@ -96,7 +96,7 @@ def test_snapshot_list_missing_bucket_and_wrong_secret(s3_server, s3_env, tmp_pa
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"accessKeyID": s3_server.access_key, "secretAccessKey": "wrong-secret-value"}))
     result = run(dict(s3_env, AWS_APPLICATION_CREDENTIALS_JSON=str(bad)), *flags(bucket, s3_server.endpoint))
-    assert result.returncode == 1
+    assert result.returncode == 2  # a credential problem, as the README lists it
     assert len(result.stderr.strip().splitlines()) == 1 and "credentials refused" in result.stderr
     assert "wrong-secret-value" not in result.stderr
 

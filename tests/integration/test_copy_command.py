@@ -248,6 +248,13 @@ def test_every_guide_command_parses_and_local_ones_run(tmp_home, monkeypatch):
                 ran += 1
             else:
                 parsed += 1
+        elif command == "restore":
+            from etcdbr.cli import cmd_restore
+
+            params = cmd_restore.command.make_context("restore", list(args)).params
+            config = resolve(params, *cmd_restore.GROUPS, extra=cmd_restore.EXTRA)
+            assert config.restoration.restore_from == "secondary" and config.secondary.provider == "GCS"
+            parsed += 1
         else:
             raise AssertionError(f"unexpected command in the guide: {argv}")
     assert ran == 2 and parsed >= 7

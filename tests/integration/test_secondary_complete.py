@@ -216,7 +216,7 @@ def test_secondary_outage_is_loud_at_once_and_its_recovery_says_how_long(tmp_pat
         records = _log_records(server)
         warns = [r for r in records if r.get("msg") == "Secondary snapstore unavailable"]
         assert len(warns) == 1 and warns[0]["level"] == "warn", records[-5:]
-        assert warns[0]["endpoint"] == f"Local/{secondary_dir}" and "is not a directory" in warns[0]["reason"]
+        assert warns[0]["endpoint"] == f"Local:{secondary_dir}" and "is not a directory" in warns[0]["reason"]
         # Within the first copy attempt: the copy's retries (3 s, then 6 s) have not run out yet.
         assert not any(r.get("msg", "").startswith("Failed to copy snapshot") for r in records)
         assert flipped < 5

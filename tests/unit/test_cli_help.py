@@ -93,6 +93,8 @@ def test_types_choices_ranges_defaults_and_env_as_an_operator_reads_them():
     assert "--min-chunk-size BYTES" in line and "x>=5242880" in line
     line = flag_line(server["Secondary store options"], "secondary-storage-provider")
     assert "[Local|S3|GCS|ABS]" in line and "[env var: SECONDARY_STORAGE_PROVIDER]" in line
+    assert "(empty = no secondary)" in line
+    assert "(empty = Local)" in flag_line(server["Store options"], "storage-provider")
     line = flag_line(server["Backup sync options"], "backup-sync-enabled")
     assert "--backup-sync-enabled, --secondary-backup-sync-enabled [true|false]" in line and "[default: false]" in line
     assert "0<=x<=1" in flag_line(server["Backup sync options"], "backup-sync-max-delete-fraction")

@@ -662,7 +662,7 @@ def test_build_stores_both_ok_logs_creation(tmp_path, caplog):
     primary, secondary = build_stores(make_config(tmp_path))
     assert secondary is not None
     p, s = str(tmp_path / "p1"), str(tmp_path / "s1")
-    assert f"Creating snapstore with backup copier - Primary: Local/{p}, Secondary: Local/{s}" in messages(caplog,
+    assert f"Creating snapstore with backup copier - Primary: Local:{p}, Secondary: Local:{s}" in messages(caplog,
                                                                                                            logging.INFO)
 
 

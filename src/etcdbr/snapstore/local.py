@@ -58,7 +58,9 @@ class LocalStore(SnapStore):
 
     @property
     def display(self) -> str:
-        return f"Local/{self.config.container or 'default.bkp'}"
+        container = self.config.container or "default.bkp"
+        # an absolute directory reads as one path ("Local:/srv/backups"), never "Local//srv/backups"
+        return f"Local:{container}" if os.path.isabs(container) else f"Local/{container}"
 
     def _path(self, key: str) -> Path:
         return self.root / key
@@ -89,6 +91,15 @@ class LocalStore(SnapStore):
         return StoreUnavailable(f"{exc.strerror or exc}", endpoint=self.display, key=key)
 
     def check(self, sweep: bool = True) -> None:
+        if not sweep:  # read-only commands (snapshot list, verify) create nothing
+            vanished = self._vanished()
+            if vanished is not None:
+                raise vanished
+            if not self.root.is_dir():
+                raise StoreUnavailable(f"the container directory {self.root} does not exist", endpoint=self.display)
+            self._root_seen = True
+            self._tree_seen = (self.root / self.prefix).is_dir()
+            return
         try:
             (self.root / self.prefix).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
