@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from bench.common import MiB, Ctx, Row, check_free, etcd_bin_dir, log, median, run_driver, s3, save_raw, secs
+from bench.common import Ctx, MiB, Row, check_free, etcd_bin_dir, log, median, run_driver, s3, save_raw, secs
 from bench.restore import generate
 
 NAME = "pitr"
