@@ -71,3 +71,21 @@ def test_truncated_payloads_are_refused():
     for cut in (0, 10, 32, len(payload) - 1):
         with pytest.raises(IntegrityError):
             list(iter_delta_events([payload[:cut]]))
+
+
+def test_events_come_out_while_the_input_is_still_being_read():
+    """Streaming, not buffering: the first event is out long before the last chunk is read."""
+    payload = encode_delta(events(20_000, value_size=50))
+    pieces = chunked(payload, 64 * 1024)
+    read = 0
+
+    def source():
+        nonlocal read
+        for piece in pieces:
+            read += 1
+            yield piece
+
+    stream = iter_delta_events(source())
+    next(stream)
+    assert len(pieces) > 20 and read <= 5
+    assert sum(1 for _ in stream) == 20_000 - 1
