@@ -14,7 +14,9 @@ restored etcd's revision is exactly the target.
   first event recorded later ends the search, so no event after the time is ever restored. Where
   no delta holds the events (before the first delta, or after a full snapshot whose deltas are
   gone) a full snapshot named at least a second before the time stands for its revision. A time
-  after the last event the store holds is refused: writes after it, if any, are not in the store.
+  after the last event the store holds is refused (writes after it, if any, are not in the
+  store), and so is a time that falls in revisions no delta holds (when they were written is not
+  known).
 """
 
 from __future__ import annotations
@@ -145,24 +147,15 @@ def resolve_time(store, snapshots: list[Snapshot], when: datetime) -> int:
                 found = max(found or 0, snap.last_revision)
             elif snap.created_on > when:
                 later = True  # taken after the time: everything after it is later too
+                if found is not None and snap.last_revision > found:
+                    _unknown_between(store, snapshots, when, found, snap.last_revision)
                 break
             continue  # a full named in the time's second: the deltas after it decide
         if snap.created_on + slack <= when:
             found = snap.last_revision  # cut well before the time: every event in it is earlier
             last_seen = (snap.last_revision, "")
             continue
-        candidate, stamp = found, ""
-        try:
-            for event in delta_events(store, snap):  # read to the end: the trailer must check out
-                rev = event.kv.mod_revision
-                if later or (candidate is not None and rev <= candidate):
-                    continue
-                if event_time(event, snap) > when:
-                    later = True
-                    continue
-                candidate, stamp = rev, event.time
-        except HistoryError as exc:
-            raise RestoreError(str(exc)) from None
+        candidate, stamp, later = _scan_delta(store, snap, when, found, snapshots)
         if candidate is not None and candidate != found:
             found, last_seen = candidate, (candidate, stamp)
         if later:
@@ -180,6 +173,36 @@ def resolve_time(store, snapshots: list[Snapshot], when: datetime) -> int:
     raise TargetOutOfRange(f"{store.display}: --to-time={shown} is after the last event the backups hold (revision "
                            f"{found}{at}); writes after it, if any, are not in the store: restore to "
                            f"--to-revision={found}, or without a target to the end of the chain")
+
+
+def _scan_delta(store, snap: Snapshot, when: datetime, found: int | None, snapshots: list[Snapshot]
+                ) -> tuple[int | None, str, bool]:
+    """One delta read to its end (its trailer must check out before its events count): the last
+    revision recorded at or before ``when`` after ``found``, its time, and whether a later event
+    was met."""
+    candidate, stamp, later = found, "", False
+    try:
+        for event in delta_events(store, snap):
+            rev = event.kv.mod_revision
+            if later or (candidate is not None and rev <= candidate):
+                continue
+            if event_time(event, snap) > when:
+                later = True
+                if candidate is not None and rev > candidate + 1:
+                    _unknown_between(store, snapshots, when, candidate, rev - 1)
+                continue
+            candidate, stamp = rev, event.time
+    except HistoryError as exc:
+        raise RestoreError(str(exc)) from None
+    return candidate, stamp, later
+
+
+def _unknown_between(store, snapshots: list[Snapshot], when: datetime, known: int, upto: int) -> None:
+    """The time falls where the store has no deltas: when those revisions were written is unknown."""
+    raise TargetOutOfRange(f"{store.display}: --to-time={format_time(when)} falls after revision {known} and before "
+                           f"revision {upto} at the latest, and no delta holds the revisions between them, so when "
+                           f"they were written is not known; the revisions this store can restore to are "
+                           f"{describe_ranges(available_ranges(snapshots))}")
 
 
 def chain_for(store, target: Target, snapshots: list[Snapshot] | None = None):
