@@ -328,7 +328,13 @@ def test_restore_to_revision_from_a_secondary_made_with_copy_and_auto(source, tm
     result = restore(source, data_dir, *store_flags(source.bucket), *store_flags(secondary, "secondary-"),
                      "--restore-from=secondary", f"--to-revision={target}")
     assert result.exit_code == 0, result.output
+    assert "back the restored cluster up under a new --store-prefix" in result.stderr
     assert_restored_to(source, data_dir, target)
+    # the secondary's history is the primary's
+    on_secondary = history(source, KEY.decode(), "-o", "json", bucket=secondary)
+    assert on_secondary.exit_code == 0, on_secondary.output
+    rows = [(r["revision"], r["operation"], r["value_size"]) for r in json.loads(on_secondary.stdout)["events"]]
+    assert rows == source.key_history
 
     # auto: the primary lost the delta the target needs; the secondary still reaches it
     primary = tmp_path / "primary-bucket"

@@ -69,6 +69,8 @@ def command(config, **_params) -> int:
                 _print_plan(restorer, selection, chain, data_dir)
             return 0
         restorer.restore(data_dir, chain=chain, replace=replace)
+        if chain is not None and chain.upto is not None:
+            _warn_old_timeline(selection.store, chain.upto)
     finally:
         selection.close_others()
         selection.store.close()
@@ -110,3 +112,14 @@ def _print_plan(restorer, selection, chain, data_dir: str) -> None:
         part = f"{applied} events" if applied == held else f"{applied} of its {held} events"
         click.echo(f"  delta  {delta.snap_name}  revisions {delta.start_revision}-{delta.last_revision}: {part}")
     click.echo(f"  events to replay: {total}")
+
+
+def _warn_old_timeline(store, target: int) -> None:
+    """After a rollback the store still holds the revisions past the target, of the old timeline:
+    a sidecar backing the restored cluster up into the same prefix would mix the two."""
+    later = max((snap.last_revision for snap in store.list()), default=0)
+    if later > target:
+        log.warning(f"the store holds snapshots up to revision {later} from before this point-in-time restore; back "
+                    "the restored cluster up under a new --store-prefix, or a later restore would mix the old "
+                    "timeline's deltas with the new one's (docs/recovery.md, step 7)",
+                    extra={"store": store.display, "restored_revision": target})

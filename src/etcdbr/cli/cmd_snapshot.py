@@ -171,18 +171,18 @@ def history_command(config, key: str, **_params) -> int:
         snaps = within_deadline(3 * config.store.timeout.total_seconds(), store.display, store.list)
         result = HistoryResult()
         matches = search(store, window, snapshots=snaps, result=result)
+        head = {"store": store.display, "prefix": store.prefix, "key": safe_text(window.key),
+                "key_is_prefix": window.prefix}
         if as_json:
-            rows = [m.to_json(values=values) for m in matches]
+            _print_history_json(head, matches, values)
         else:
             _print_history_table(matches, values)
         gaps = coverage_gaps(snaps, window.from_revision or 1, window.to_revision)
     finally:
         store.close()
-    if as_json:
-        click.echo(json.dumps({"store": store.display, "prefix": store.prefix, "key": safe_text(window.key),
-                               "key_is_prefix": window.prefix, "events": rows, "deltas_read": result.deltas_read,
-                               "events_read": result.events_read,
-                               "revisions_without_history": [list(g) for g in gaps]}, indent=2))
+    if as_json:  # the object's last members, after the events (printed as they were found)
+        click.echo(f'  "deltas_read": {result.deltas_read},\n  "events_read": {result.events_read},\n'
+                   f'  "revisions_without_history": {json.dumps([list(g) for g in gaps])}\n}}')
         return 0
     click.echo(f"{result.events_read} event(s) searched in {result.deltas_read} delta(s) of {store.display} prefix "
                f"{store.prefix}")
@@ -190,6 +190,20 @@ def history_command(config, key: str, **_params) -> int:
         click.echo("no delta holds revisions " + ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in gaps)
                    + ": events there are not known")
     return 0
+
+
+def _print_history_json(head: dict, matches, values: bool) -> None:
+    """One JSON object, written as the matches are found (one delta at a time) so that memory stays
+    flat however many events match; the caller closes it."""
+    click.echo("{")
+    for name, value in head.items():
+        click.echo(f"  {json.dumps(name)}: {json.dumps(value)},")
+    click.echo('  "events": [')
+    first = True
+    for m in matches:
+        click.echo(("" if first else ",\n") + "    " + json.dumps(m.to_json(values=values)), nl=False)
+        first = False
+    click.echo("\n  ]," if not first else "  ],")
 
 
 def _print_history_table(matches, values: bool) -> None:
