@@ -232,6 +232,23 @@ def test_restore_to_revision_gives_etcds_own_keyspace_at_it(source, tmp_path, wh
     assert_restored_to(source, data_dir, revision)
 
 
+@pytest.mark.parametrize("which", ["inside-delta-1", "between-fulls", "inside-delta-3"])
+def test_both_delta_replays_stop_at_the_same_revision_with_the_same_keyspace(source, tmp_path, which):
+    """--delta-replay=direct (written into the db) and etcd (through a temporary etcd) take the
+    same bound: the same revision and keyspace, both etcd's own at that revision."""
+    revision = source.marks[which]
+    got = {}
+    for mode in ("direct", "etcd"):
+        data_dir = fresh(tmp_path, mode)
+        result = restore(source, data_dir, *store_flags(source.bucket), f"--to-revision={revision}",
+                         f"--delta-replay={mode}")
+        assert result.exit_code == 0, result.output
+        assert ("replaying deltas through a temporary etcd" in result.stderr) == (mode == "etcd")
+        got[mode] = restored(data_dir)
+    assert got["direct"].revision == got["etcd"].revision == revision
+    assert got["direct"].kvs == got["etcd"].kvs == source.at[revision].kvs
+
+
 def test_the_base_is_the_newest_full_at_or_below_the_target(source, tmp_path):
     data_dir = fresh(tmp_path, "plan")
     for revision, full in ((source.marks["between-fulls"], source.full1),

@@ -295,7 +295,7 @@ class Restorer:
             target_db = target / "member" / "snap" / "db"
             self.source_auth = auth_enabled(target_db)
             try:
-                revision = self._apply_deltas_direct(target_db, chain.deltas, work)
+                revision = self._apply_deltas_direct(target_db, chain.deltas, work, chain.upto)
             except DirectUnsupported as exc:
                 log.warning("cannot write the deltas into the restored db directly; replaying them through a "
                             "temporary etcd instead", extra={"reason": str(exc)})
@@ -411,13 +411,16 @@ class Restorer:
     def _limits(self) -> EmbeddedLimits:
         return embedded_limits(self.config)
 
-    def _apply_deltas(self, member: EmbeddedEtcd, deltas: list[Snapshot], work: Path, upto: int | None = None) -> int:
+    # Both engines take a point-in-time restore's target (``Chain.upto``) as their ``to_revision``.
+    def _apply_deltas(self, member: EmbeddedEtcd, deltas: list[Snapshot], work: Path,
+                      to_revision: int | None = None) -> int:
         return DeltaReplay(self.store, member, max_fetchers=self.config.max_fetchers,
-                           progress=self.progress).run(deltas, work, upto=upto)
+                           progress=self.progress).run(deltas, work, to_revision=to_revision)
 
-    def _apply_deltas_direct(self, db: Path, deltas: list[Snapshot], work: Path) -> int:
+    def _apply_deltas_direct(self, db: Path, deltas: list[Snapshot], work: Path,
+                             to_revision: int | None = None) -> int:
         return DirectReplay(self.store, db, max_fetchers=self.config.max_fetchers, progress=self.progress,
-                            compact_every=COMPACT_EVERY).run(deltas, work)
+                            compact_every=COMPACT_EVERY, to_revision=to_revision).run(deltas, work)
 
 
 def _etcdutl_error(text: str) -> str:
