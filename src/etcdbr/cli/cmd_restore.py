@@ -23,7 +23,8 @@ RESTORE_FROM = Opt(
     defaults=RestoreOptions,
 )
 DRY_RUN = Opt("dry-run", "extra.dry_run", Bool(),
-              "Choose and check the chain and say what would be restored; touch nothing.", defaults=RestoreOptions)
+              "Choose and check the chain and print the plan: the full snapshot, each delta and the events it "
+              "would replay (every delta is read and its trailer checked); touch nothing.", defaults=RestoreOptions)
 REPLACE = Opt("replace-data-dir", "extra.replace_data_dir", Bool(),
               "Replace a non-empty --data-dir: the old one is moved aside to <data-dir>.aside-<time>-<why> and kept. "
               "A data dir etcd can open that is at least as new as the backup is refused even so.",
