@@ -2,7 +2,8 @@
 phase timed: the full part (fetch + decompress + ``etcdutl snapshot restore``), the temporary
 member's start (replay through etcd only), and the deltas (fetch, decode, replay).
 
-``python -m bench.drivers.restore --store JSON --data-dir DIR --etcd-bin-dir DIR [--delta-replay direct|etcd]``
+``python -m bench.drivers.restore --store JSON --data-dir DIR --etcd-bin-dir DIR [--delta-replay direct|etcd]
+[--to-revision N]``
 """
 
 from __future__ import annotations
@@ -41,8 +42,13 @@ def main(args) -> dict:
     cfg = RestorationConfig(data_dir=args.data_dir, temp_snapshots_dir=args.data_dir + ".tmp",
                             etcd_bin_dir=args.etcd_bin_dir, delta_replay=args.delta_replay)
     restorer = Restorer(store, cfg)
-    chain = restorer.latest()
     t0 = time.perf_counter()
+    if args.to_revision:  # a point-in-time restore plans its chain from the listing: timed too
+        from etcdbr.restore.pitr import Target
+
+        chain = restorer.plan(Target(revision=args.to_revision))
+    else:
+        chain = restorer.latest()
     revision = restorer.restore(args.data_dir, chain=chain)
     took = time.perf_counter() - t0
     store.close()
@@ -58,6 +64,7 @@ if __name__ == "__main__":
     p.add_argument("--data-dir", required=True)
     p.add_argument("--etcd-bin-dir", required=True)
     p.add_argument("--delta-replay", choices=("direct", "etcd"), default="direct")
+    p.add_argument("--to-revision", type=int, default=0)
     a = p.parse_args()
     quiet_logs()
     emit(main(a))

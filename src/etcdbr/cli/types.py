@@ -21,6 +21,7 @@ from ..config import (
     parse_cron,
     parse_duration,
     parse_int,
+    parse_time,
     parse_url,
 )
 
@@ -72,6 +73,22 @@ class Cron(Syntax):
 
     name = "cron"
     parse = staticmethod(parse_cron)
+
+
+class Timestamp(Syntax):
+    """An RFC 3339 time with its zone; kept as an aware datetime."""
+
+    name = "rfc3339"
+    parse = staticmethod(parse_time)
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        from datetime import datetime
+
+        if isinstance(value, datetime):  # YAML reads an unquoted timestamp itself
+            if value.tzinfo is None:
+                self.fail("an RFC 3339 time with a zone, such as 2026-12-05T14:02:00Z", param, ctx)
+            return value
+        return super().convert(value, param, ctx)
 
 
 class Url(Syntax):

@@ -57,6 +57,7 @@ from .membership import (
     probe_peer,
     wait_for_cluster,
 )
+from .pitr import target_from
 from .progress import Progress
 from .replay import embedded_limits
 from .restorer import Restorer
@@ -188,10 +189,16 @@ class Initializer:
             selection.close_others()
             selection.store.close()
 
-    @staticmethod
-    def _keep(data_dir: Path, validation: Validation, mode: str) -> InitResult:
+    def _keep(self, data_dir: Path, validation: Validation, mode: str) -> InitResult:
         log.info("data dir is valid; leaving it untouched",
                  extra={"data_dir": str(data_dir), "revision": validation.revision, "mode": mode})
+        target = target_from(self.config)
+        if target is not None and validation.revision != target.revision:
+            # The first rule: a healthy data dir is never replaced, not even to roll it back.
+            log.warning(f"{target} was not applied: the data dir is healthy, and a healthy data dir is never "
+                        "replaced, not even to roll it back; to roll the member back, restore into a new, "
+                        "empty data dir and swap it in (docs/recovery.md)",
+                        extra={"data_dir": str(data_dir), "revision": validation.revision})
         return InitResult(validation, "kept", validation.revision)
 
     def _refuse_other_member(self, data_dir: Path, validation: Validation) -> None:
@@ -302,9 +309,14 @@ class Initializer:
                           initial_cluster=replacement.initial_cluster, initial_cluster_state="existing")
 
     def _select(self) -> Selection:
-        sel = select_source(self.config)
+        target = target_from(self.config)
+        sel = select_source(self.config, target=target)
         if sel.chain is None:
-            sel.chain = Restorer(sel.store, self.config.restoration, release=self._release).latest()
+            try:
+                sel.chain = Restorer(sel.store, self.config.restoration, release=self._release).plan(target)
+            except BaseException:
+                self._close(sel)
+                raise
         return sel
 
     def _validate(self, mode: str, data_dir: Path, selection: Selection | None) -> Validation:

@@ -34,7 +34,7 @@ from ..etcd import proto
 from ..etcd.blocking import absent, delete_op, modified_at, put_op
 from ..etcd.errors import describe
 from ..snapshot import Snapshot
-from .deltas import check_reached, prepared_deltas, still_to_apply
+from .deltas import check_reached, deltas_up_to, prepared_deltas, still_to_apply, up_to
 from .embedded import EmbeddedEtcd, EmbeddedLimits
 from .progress import Progress
 
@@ -107,8 +107,11 @@ class DeltaReplay:
         self.progress = progress
         self._next_guard: proto.Compare | None = None  # see _replay
 
-    def run(self, deltas: list[Snapshot], work: Path) -> int:
-        """Replay ``deltas`` (downloaded into ``work``); returns the revision reached."""
+    def run(self, deltas: list[Snapshot], work: Path, to_revision: int | None = None) -> int:
+        """Replay ``deltas`` (downloaded into ``work``); returns the revision reached.
+        ``to_revision``: a point-in-time restore's target; revisions after it are not applied, and
+        the last delta must leave etcd exactly there."""
+        deltas = deltas_up_to(deltas, to_revision)
         member = self.member
         assert member.client is not None
         revision = member.client.revision()
@@ -122,7 +125,8 @@ class DeltaReplay:
             for i, delta, groups, where in stream:
                 if not self.progress.interactive:
                     self.progress.delta_done(i + 1, total, snapshot=delta.snap_name, revision=delta.last_revision)
-                revision = self._apply_one(delta, groups, revision, first=i == 0, where=where)
+                revision = self._apply_one(delta, up_to(groups, to_revision), revision, first=i == 0, where=where,
+                                           to_revision=to_revision)
                 del groups
                 if self.progress.interactive:
                     self.progress.delta_done(i + 1, total, revision=revision)
@@ -134,7 +138,8 @@ class DeltaReplay:
         return revision
 
     # -- one delta ---------------------------------------------------------------------------
-    def _apply_one(self, delta: Snapshot, prepared: list, revision: int, *, first: bool, where: str) -> int:
+    def _apply_one(self, delta: Snapshot, prepared: list, revision: int, *, first: bool, where: str,
+                   to_revision: int | None = None) -> int:
         groups = still_to_apply(delta, prepared, revision, first=first, where=where,
                                 count_of=lambda item: item[1])
         if groups is None:
@@ -143,7 +148,7 @@ class DeltaReplay:
             revision = self._replay([(rev, ops, guard) for rev, _count, ops, guard in groups], revision, where)
         assert self.member.client is not None
         actual = self.member.client.revision()
-        check_reached(delta, actual, where)
+        check_reached(delta, actual, where, to_revision=to_revision)
         return actual
 
     # -- the pipelined, guarded transactions ----------------------------------------------------

@@ -42,6 +42,7 @@ from .direct import DirectReplay, DirectUnsupported
 from .embedded import EmbeddedEtcd, EmbeddedLimits
 from .fetch import fetch_to_file
 from .membership import cluster_size
+from .pitr import Target, chain_for
 from .progress import Progress
 from .replay import COMPACT_EVERY, DeltaReplay, embedded_limits
 
@@ -54,9 +55,14 @@ class Chain:
 
     full: Snapshot
     deltas: list[Snapshot] = field(default_factory=list)
+    #: a point-in-time restore's target revision: the replay stops there (None: the chain's end)
+    upto: int | None = None
 
     @property
     def last_revision(self) -> int:
+        """The revision the restore reaches."""
+        if self.upto is not None:
+            return self.upto
         return self.deltas[-1].last_revision if self.deltas else self.full.last_revision
 
 
@@ -133,6 +139,13 @@ class Restorer:
     def latest(self) -> Chain | None:
         full, deltas = latest_chain(self.store.list())
         return Chain(full, deltas) if full is not None else None
+
+    def plan(self, target: Target | None) -> Chain | None:
+        """The chain to restore: the latest (None when the store holds no full snapshot), or the
+        one that reaches ``target`` exactly (:mod:`.pitr`; an error when the store cannot)."""
+        if target is None:
+            return self.latest()
+        return chain_for(self.store, target)
 
     def restore(self, data_dir: str | None = None, *, chain: Chain | None = None, replace: bool = False,
                 judged=None) -> int | None:
@@ -282,7 +295,7 @@ class Restorer:
             target_db = target / "member" / "snap" / "db"
             self.source_auth = auth_enabled(target_db)
             try:
-                revision = self._apply_deltas_direct(target_db, chain.deltas, work)
+                revision = self._apply_deltas_direct(target_db, chain.deltas, work, chain.upto)
             except DirectUnsupported as exc:
                 log.warning("cannot write the deltas into the restored db directly; replaying them through a "
                             "temporary etcd instead", extra={"reason": str(exc)})
@@ -318,7 +331,7 @@ class Restorer:
         member = EmbeddedEtcd(release, replay, name=self.config.name, limits=self._limits(), work_dir=work)
         member.start()
         try:
-            revision = self._apply_deltas(member, chain.deltas, work)
+            revision = self._apply_deltas(member, chain.deltas, work, chain.upto)
         except BaseException:
             member.stop()
             raise
@@ -398,13 +411,16 @@ class Restorer:
     def _limits(self) -> EmbeddedLimits:
         return embedded_limits(self.config)
 
-    def _apply_deltas(self, member: EmbeddedEtcd, deltas: list[Snapshot], work: Path) -> int:
+    # Both engines take a point-in-time restore's target (``Chain.upto``) as their ``to_revision``.
+    def _apply_deltas(self, member: EmbeddedEtcd, deltas: list[Snapshot], work: Path,
+                      to_revision: int | None = None) -> int:
         return DeltaReplay(self.store, member, max_fetchers=self.config.max_fetchers,
-                           progress=self.progress).run(deltas, work)
+                           progress=self.progress).run(deltas, work, to_revision=to_revision)
 
-    def _apply_deltas_direct(self, db: Path, deltas: list[Snapshot], work: Path) -> int:
+    def _apply_deltas_direct(self, db: Path, deltas: list[Snapshot], work: Path,
+                             to_revision: int | None = None) -> int:
         return DirectReplay(self.store, db, max_fetchers=self.config.max_fetchers, progress=self.progress,
-                            compact_every=COMPACT_EVERY).run(deltas, work)
+                            compact_every=COMPACT_EVERY, to_revision=to_revision).run(deltas, work)
 
 
 def _etcdutl_error(text: str) -> str:

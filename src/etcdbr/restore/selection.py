@@ -23,6 +23,7 @@ from ..config import Config, StoreConfig
 from ..errors import ConfigError, EtcdbrError, IntegrityError, RestoreError
 from ..snapshot import Snapshot, latest_chain
 from ..verify import check_full, read_decompressed
+from .pitr import Target, TargetOutOfRange, chain_for
 from .restorer import Chain
 
 if TYPE_CHECKING:
@@ -79,8 +80,10 @@ def _store_config(config: Config, role: str) -> StoreConfig:
     return config.store
 
 
-def select_source(config: Config, *, mode: str | None = None, verify_full: bool | None = None) -> Selection:
-    """Pick the store (and, in auto mode, the verified chain) a restore should use."""
+def select_source(config: Config, *, mode: str | None = None, verify_full: bool | None = None,
+                  target: Target | None = None) -> Selection:
+    """Pick the store (and, in auto mode, the verified chain) a restore should use. ``target``: a
+    point-in-time restore's; auto then compares the chains that reach it (:mod:`.pitr`)."""
     mode = mode or config.restoration.restore_from or "primary"
     if mode not in MODES:
         raise ConfigError(f"--restore-from must be one of {', '.join(MODES)}, not {mode!r}")
@@ -94,8 +97,8 @@ def select_source(config: Config, *, mode: str | None = None, verify_full: bool 
         return Selection(store=_open(config.store), role="primary", reason="auto: no secondary store configured")
     if verify_full is None:
         verify_full = not config.restoration.skip_hash_check
-    return _decide(_evaluate("primary", config.store, verify_full),
-                   _evaluate("secondary", config.secondary, verify_full))
+    return _decide(_evaluate("primary", config.store, verify_full, target),
+                   _evaluate("secondary", config.secondary, verify_full, target))
 
 
 def choose_store(config: Config) -> tuple[SnapStore, str]:
@@ -105,14 +108,23 @@ def choose_store(config: Config) -> tuple[SnapStore, str]:
     return sel.store, sel.reason
 
 
-def _evaluate(role: str, store_config: StoreConfig, verify_full: bool) -> Candidate:
+def _evaluate(role: str, store_config: StoreConfig, verify_full: bool, target: Target | None = None) -> Candidate:
     cand = Candidate(role=role, display=store_config.display)
     try:
         cand.store = _open(store_config)
         cand.display = cand.store.display
-        full, deltas = latest_chain(cand.store.list())
-        if full is None:
-            return cand
+        upto = None
+        if target is None:
+            full, deltas = latest_chain(cand.store.list())
+            if full is None:
+                return cand
+        else:
+            try:
+                planned = chain_for(cand.store, target)
+            except TargetOutOfRange as exc:
+                cand.issues.append(str(exc))
+                return cand
+            full, deltas, upto = planned.full, planned.deltas, planned.upto
         usable: list[Snapshot] = []
         expected = full.last_revision + 1
         for delta in deltas:
@@ -133,7 +145,10 @@ def _evaluate(role: str, store_config: StoreConfig, verify_full: bool) -> Candid
             except IntegrityError as exc:
                 cand.issues.append(f"full snapshot {full.key} failed verification: {exc}")
                 return cand
-        cand.chain = Chain(full, usable)
+        if upto is not None and usable != deltas:
+            cand.issues.append(f"cannot reach {target}")
+            return cand
+        cand.chain = Chain(full, usable, upto=upto)
     except EtcdbrError as exc:
         cand.error = exc
     return cand
