@@ -41,9 +41,11 @@ def command_runner(*groups: str, extra=None, member: bool = False, restores: boo
                     from ..etcdconf import apply_member_identity
 
                     apply_member_identity(config)
-                from ..configcheck import check
+                from ..configcheck import advisories, check
 
                 check(config, groups, member_urls=restores)
+                for advice in advisories(config, groups):
+                    log.warning(advice)
                 code = fn(config, **params)
             except EtcdbrError as exc:
                 click.echo(f"error: {logs.redact(str(exc))}", err=True)
