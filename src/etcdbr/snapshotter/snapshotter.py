@@ -204,7 +204,7 @@ class Snapshotter:
         self._start_watch()
         try:
             deadline = time.monotonic() + CATCH_UP_TIMEOUT
-            while self._collector.next_rev <= revision and not self._full_required_reason:
+            while (self._collector.collected_revision or 0) < revision and not self._full_required_reason:
                 self._progress.clear()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
