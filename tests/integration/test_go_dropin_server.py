@@ -76,3 +76,31 @@ def test_on_demand_delta_with_scheduled_deltas_off(tmp_path, etcd_factory, serve
     assert [d["snapName"] for d in latest["deltaSnapshots"]] == [delta["snapName"], delta2["snapName"]]
     assert server.terminate(timeout=30) == 0
     assert "delta snapshots are disabled" not in server.log_text()
+
+
+def metric_values(server) -> dict[str, float]:
+    status, _, body = server.get("/metrics")
+    assert status == 200
+    values = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def test_cluster_size_learner_and_network_metrics_have_real_values(tmp_path, etcd_factory, servers):
+    etcd = etcd_factory()
+    # --initial-cluster names three members (the Go tool's value at start); etcd lists one
+    three = ",".join(f"m{i}=http://127.0.0.1:{2380 + i}" for i in range(3))
+    server = _start(servers, tmp_path, [
+        "--endpoints", etcd.client_url, "--storage-provider", "Local", "--store-container", str(tmp_path / "store"),
+        "--initial-cluster", three, "--schedule", NO_SCHEDULED_FULL, "--reelection-period", "1.1s",
+    ])
+    server.wait_healthy(60)
+    server.wait_for(lambda: metric_values(server).get("etcdbr_cluster_size") == 1.0, 20, "cluster size from etcd")
+    values = metric_values(server)
+    assert values["etcdbr_is_learner"] == 0.0
+    assert values["etcdbr_network_received_bytes"] > 0 and values["etcdbr_network_transmitted_bytes"] > 0
+    assert 'etcdbr_snapshotter_failure{error=""}' in values
+    assert not [n for n in values if n.startswith("etcdbr_snapshotter_failure_total")]

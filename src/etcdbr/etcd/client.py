@@ -48,6 +48,7 @@ class Status:
     raft_term: int
     raft_index: int = 0
     version: str = ""
+    is_learner: bool = False
 
     @property
     def is_leader(self) -> bool:
@@ -248,6 +249,7 @@ async def status(client: EtcdClient, timeout: float | None = None) -> Status:
         raft_term=resp.raftTerm,
         raft_index=resp.raftIndex,
         version=resp.version,
+        is_learner=resp.isLearner,
     )
 
 

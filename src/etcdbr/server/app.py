@@ -33,6 +33,7 @@ from typing import Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
+from .. import metrics
 from ..backup import BackupRunner
 from ..config import Config
 from ..copier import BackupCopier
@@ -132,9 +133,21 @@ class BackupServer:
         except EtcdError:
             await self._etcd.reset()
             raise
+        metrics.is_learner.set(1 if status.is_learner else 0)
         if status.leader_id == 0:
             raise EtcdError("etcd has no leader (quorum lost or an election is running)")
+        await self._update_cluster_size(timeout)
         return status.is_leader
+
+    async def _update_cluster_size(self, timeout: float) -> None:
+        """``etcdbr_cluster_size``: the members etcd lists (learners included). The Go tool sets it
+        once from --initial-cluster; this follows scale-ups and member removals."""
+        try:
+            members = await etcdclient.member_list(await self._etcd.get(), linearizable=False, timeout=timeout)
+        except EtcdError as exc:
+            log.debug("member list failed; etcdbr_cluster_size unchanged", extra={"error": redact(str(exc))})
+            return
+        metrics.cluster_size.set(len(members))
 
     async def cluster_endpoints(self) -> list[str]:
         """Client URLs of every member (for defragmentation), or ``--endpoints`` if unknown."""
@@ -211,6 +224,10 @@ class BackupServer:
 
     async def run(self) -> int:
         self._stop = asyncio.Event()
+        # As the Go server does at start: the size etcd's initial cluster names, until etcd answers.
+        from ..restore.membership import cluster_size
+
+        metrics.cluster_size.set(cluster_size(self.config.restoration.initial_cluster))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
