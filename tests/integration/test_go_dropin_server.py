@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from server_helpers import EtcdWriter, ServerProcess
 
 from etcdbr.compression import decompress_bytes
@@ -104,3 +105,115 @@ def test_cluster_size_learner_and_network_metrics_have_real_values(tmp_path, etc
     assert values["etcdbr_network_received_bytes"] > 0 and values["etcdbr_network_transmitted_bytes"] > 0
     assert 'etcdbr_snapshotter_failure{error=""}' in values
     assert not [n for n in values if n.startswith("etcdbr_snapshotter_failure_total")]
+
+
+# -- /config: etcd's member configuration for etcd-wrapper ------------------------------------
+def druid_etcd_conf(path: Path, members: dict[str, tuple[str, str]], *, prefix: str = "") -> Path:
+    """etcd's config file in etcd-druid's layout: every member's advertised URLs keyed by name."""
+    conf = {
+        "name": "etcd-config-name-not-used",
+        "data-dir": "/var/etcd/data/new.etcd",
+        "snapshot-count": 75000,
+        "quota-backend-bytes": 8589934592,
+        "enable-v2": False,
+        "listen-client-urls": "http://0.0.0.0:2379",
+        "initial-cluster-token": "etcd-cluster",
+        "initial-cluster": ",".join(f"{n}={peer}" for n, (peer, _) in members.items()),
+        "initial-advertise-peer-urls": {n: [peer] for n, (peer, _) in members.items()},
+        "advertise-client-urls": {n: [client] for n, (_, client) in members.items()},
+    }
+    if prefix:
+        conf["member-name-prefix"] = prefix
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
+def test_config_renders_the_members_etcd_configuration_as_the_go_server_does(tmp_path, etcd_factory, servers):
+    etcd = etcd_factory()
+    members = {f"etcd-main-{p}": (f"http://{p}.peers:2380", f"http://{p}.clients:2379") for p in ("pod-0", "pod-1")}
+    conf = druid_etcd_conf(tmp_path / "etcd.conf.yaml", {"etcd-main-pod-0": members["etcd-main-pod-0"]},
+                           prefix="etcd-main")
+    server = _start(servers, tmp_path, ["--endpoints", etcd.client_url, "--reelection-period", "1.1s"],
+                    {"ETCD_CONF": str(conf), "POD_NAME": "pod-0", "POD_NAMESPACE": "shoot--a"})
+    server.wait_healthy(60)
+    status, headers, body = server.get("/config")
+    assert status == 200, body
+    assert headers["Content-Type"].startswith("text/plain")
+    served = yaml.safe_load(body)
+    assert served == {
+        "name": "etcd-main-pod-0",                                   # member-name-prefix + POD_NAME
+        "data-dir": "/var/etcd/data/new.etcd", "snapshot-count": 75000, "quota-backend-bytes": 8589934592,
+        "enable-v2": False, "listen-client-urls": "http://0.0.0.0:2379", "initial-cluster-token": "etcd-cluster",
+        "member-name-prefix": "etcd-main",
+        "initial-cluster": "etcd-main-pod-0=http://pod-0.peers:2380",
+        "initial-advertise-peer-urls": "http://pod-0.peers:2380",    # this member's, comma-joined
+        "advertise-client-urls": "http://pod-0.clients:2379",
+        "initial-cluster-state": "new",                              # a cluster of one
+    }
+    top_keys = [line.split(":", 1)[0] for line in body.decode().splitlines() if line and line[0] not in " -"]
+    assert top_keys == sorted(served)  # sorted keys, as the Go server's YAML
+    # this tool's own configuration moved
+    own = yaml.safe_load(server.get("/effective-config")[2])
+    assert own["endpoints"] == [etcd.client_url]
+
+
+def test_config_fails_without_pod_name_as_the_go_server_does(tmp_path, monkeypatch):
+    """(A server does not even start so: the member's identity comes from the same file.)"""
+    import asyncio
+
+    from etcdbr.config import Config
+    from etcdbr.errors import ConfigError
+    from etcdbr.server import etcdconfig
+
+    conf = druid_etcd_conf(tmp_path / "etcd.conf.yaml", {"m": ("http://m:2380", "http://m:2379")})
+    monkeypatch.setenv("ETCD_CONF", str(conf))
+    monkeypatch.delenv("POD_NAME", raising=False)
+    with pytest.raises(ConfigError, match="POD_NAME is not set"):
+        asyncio.run(etcdconfig.render(Config()))
+    monkeypatch.setenv("POD_NAME", "other")
+    with pytest.raises(ConfigError, match="initial-advertise-peer-urls has no URLs for member 'other'"):
+        asyncio.run(etcdconfig.render(Config()))
+
+
+def test_config_initial_cluster_and_state_follow_the_cluster_during_a_scale_up(tmp_path, etcd_cluster_factory,
+                                                                               monkeypatch):
+    """A two-member cluster scaling to four: the third member's /config names the members that
+    exist and itself (not the fourth, which has not joined), with state new, then existing once it
+    was added as a learner."""
+    import asyncio
+
+    from etcdbr.config import Config
+    from etcdbr.server import etcdconfig
+
+    cluster = etcd_cluster_factory(2)
+    members = {m.name: (m.peer_url, m.client_url) for m in cluster.members}
+    members["m2"] = ("http://127.0.0.1:1", "http://127.0.0.1:2")
+    members["m3"] = ("http://127.0.0.1:3", "http://127.0.0.1:4")
+    conf = druid_etcd_conf(tmp_path / "etcd.conf.yaml", members)
+    monkeypatch.setenv("ETCD_CONF", str(conf))
+    monkeypatch.setenv("POD_NAME", "m2")
+    config = Config()
+    config.etcd.endpoints = ["http://127.0.0.1:9"]           # this member's etcd: not running yet
+    config.etcd.service_endpoints = [cluster.members[0].client_url]
+
+    served = yaml.safe_load(asyncio.run(etcdconfig.render(config)))
+    want_cluster = ",".join(f"{n}={members[n][0]}" for n in ("m0", "m1", "m2"))
+    assert (served["name"], served["initial-cluster"], served["initial-cluster-state"]) == ("m2", want_cluster, "new")
+
+    # etcd refuses membership changes ("unhealthy cluster") for 5s after its members connected
+    deadline = time.monotonic() + 30
+    while cluster.etcdctl("member", "add", "m2", "--learner", "--peer-urls=http://127.0.0.1:1",
+                          check=False).returncode != 0:
+        assert time.monotonic() < deadline, "etcd never accepted the learner"
+        time.sleep(0.5)
+    served = yaml.safe_load(asyncio.run(etcdconfig.render(config)))
+    assert (served["initial-cluster"], served["initial-cluster-state"]) == (want_cluster, "existing")
+
+    # etcd unreachable (a first bootstrap): the file's initial cluster, state new
+    config.etcd.service_endpoints = ["http://127.0.0.1:9"]
+    served = yaml.safe_load(asyncio.run(etcdconfig.render(config)))
+    assert served["initial-cluster"] == conf_initial(conf) and served["initial-cluster-state"] == "new"
+
+
+def conf_initial(conf: Path) -> str:
+    return yaml.safe_load(conf.read_text())["initial-cluster"]

@@ -10,8 +10,9 @@ Deliberate differences:
   sidecar (the Go tool assumes every sidecar listens on the same port of the leader's host);
   callers retry against the leader. ``/snapshot/latest`` on a follower is answered from the
   store listing, which is what the leader's in-memory view is built from.
-* ``/config`` serves this process's effective configuration (flag-keyed YAML, or JSON with
-  ``?format=json``) with secrets masked, not a rendered etcd member config.
+* ``/config`` renders etcd's member configuration as the Go server does (:mod:`.etcdconfig`);
+  this tool's own effective configuration (flag-keyed YAML, or JSON with ``?format=json``, secrets
+  masked) is at ``/effective-config``.
 * ``/snapshot/sync`` and ``/sync/status`` belong to the dual-endpoint copier.
 """
 
@@ -196,7 +197,19 @@ async def sync_status(request: web.Request) -> web.Response:
 
 
 # -- configuration and metrics ---------------------------------------------------------------
-async def config(request: web.Request) -> web.Response:
+async def etcd_config(request: web.Request) -> web.Response:
+    """etcd's member configuration, as the Go server renders it for etcd-wrapper."""
+    from . import etcdconfig
+
+    try:
+        text = await etcdconfig.render(_server(request).config)
+    except EtcdbrError as exc:
+        log.warning("cannot serve etcd's member configuration", extra={"error": logs.redact(str(exc))})
+        return _error(500, str(exc))
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def effective_config(request: web.Request) -> web.Response:
     server = _server(request)
     fmt = "json" if request.query.get("format") == "json" else "yaml"
     text = configview.render(server.config, server.config_groups, fmt)
@@ -236,7 +249,8 @@ ROUTES = {
     "/snapshot/latest": snapshot_latest,
     "/snapshot/sync": snapshot_sync,
     "/sync/status": sync_status,
-    "/config": config,
+    "/config": etcd_config,
+    "/effective-config": effective_config,
     "/metrics": metrics_handler,
 }
 
