@@ -4,6 +4,7 @@ subprocess, a Local store."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -217,3 +218,58 @@ def test_config_initial_cluster_and_state_follow_the_cluster_during_a_scale_up(t
 
 def conf_initial(conf: Path) -> str:
     return yaml.safe_load(conf.read_text())["initial-cluster"]
+
+
+# -- followers forward snapshot triggers to the backup leader ---------------------------------
+class SidecarAt(ServerProcess):
+    """A sidecar on ``host`` (another loopback address) and a given port: the Go tool reaches the
+    leader's sidecar at its etcd member's host and this sidecar's own --server-port."""
+
+    def __init__(self, workdir: Path, host: str, port: int, args: list[str], **kwargs) -> None:
+        super().__init__(workdir, args, **kwargs)
+        self.host, self.port = host, port
+        self.args = ["server", "--server-host", host, "--server-port", str(port), *args]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def test_follower_forwards_snapshot_triggers_to_the_leader(tmp_path, etcd_cluster_factory, servers):
+    from services import free_port
+
+    cluster = etcd_cluster_factory(2)
+    leader_i = cluster.leader_index()
+    leader, follower = cluster.members[leader_i], cluster.members[1 - leader_i]
+    port = free_port()
+    store = ["--storage-provider", "Local", "--store-container", str(tmp_path / "store"), "--store-prefix", "fwd",
+             "--schedule", NO_SCHEDULED_FULL, "--delta-snapshot-period", "0s", "--reelection-period", "1.1s"]
+    # every member's client URL is on 127.0.0.1: the leader's sidecar listens there, the
+    # follower's on 127.0.0.2 with the same port
+    lead = SidecarAt(tmp_path, "127.0.0.1", port, ["--endpoints", leader.client_url, *store], name="leader")
+    follow = SidecarAt(tmp_path, "127.0.0.2", port, ["--endpoints", follower.client_url, *store], name="follower")
+    servers.extend([lead.start(), follow.start()])
+    lead.wait_healthy(60)
+    follow.wait_healthy(60)
+    startup_full = lead.get_json("/snapshot/latest")["fullSnapshot"]
+
+    status, _, body = follow.get("/snapshot/full")
+    assert status == 200, body
+    full = json.loads(body)
+    assert full["kind"] == "Full" and full["snapName"] != startup_full["snapName"]
+    writer = EtcdWriter(leader.client_url, "/fwd/")
+    writes = [writer.put_one() for _ in range(3)]
+    status, _, body = follow.get("/snapshot/delta")
+    assert status == 200, body
+    assert json.loads(body)["lastRevision"] == writes[-1][2]
+    # the leader took both: they are in its in-memory view
+    latest = lead.get_json("/snapshot/latest")
+    assert latest["fullSnapshot"]["snapName"] == full["snapName"] and len(latest["deltaSnapshots"]) == 1
+    assert "forwarding the request to the backup leader" in follow.log_text()
+    assert "full snapshot uploaded" not in follow.log_text()
+
+    # the leader's sidecar gone: one line why, 503
+    lead.stop()
+    status, _, body = follow.get("/snapshot/full")
+    assert status == 503 and json.loads(body)["error"].startswith("not the backup leader: the backup leader at "
+                                                                  f"http://127.0.0.1:{port}")

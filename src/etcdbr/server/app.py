@@ -149,6 +149,25 @@ class BackupServer:
             return
         metrics.cluster_size.set(len(members))
 
+    async def backup_leader_url(self) -> str:
+        """The base URL of the backup leader's sidecar, found as the Go server finds it: etcd's
+        leader (the status of --endpoints[0]), its first client URL's host, and this sidecar's
+        --server-port (every sidecar listens on the same port of its member's host)."""
+        from urllib.parse import urlsplit
+
+        timeout = self.config.etcd.connection_timeout.total_seconds()
+        client = await self._etcd.get()
+        status = await etcdclient.status(client, timeout=timeout)
+        if status.leader_id == 0:
+            raise EtcdError("etcd has no leader (quorum lost or an election is running)")
+        members = await etcdclient.member_list(client, linearizable=False, timeout=timeout)
+        leader = next((m for m in members if m.ID == status.leader_id), None)
+        if leader is None or not leader.clientURLs:
+            raise EtcdError(f"etcd's leader {status.leader_id:x} has no client URL in the member list")
+        host = urlsplit(leader.clientURLs[0]).hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.config.server.port}"
+
     async def cluster_endpoints(self) -> list[str]:
         """Client URLs of every member (for defragmentation), or ``--endpoints`` if unknown."""
         client = await self._etcd.get()
