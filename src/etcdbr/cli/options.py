@@ -45,7 +45,7 @@ class FlagOption(click.Option):
             names.insert(0, f"-{spec.short}")
         kwargs: dict[str, Any] = {"type": spec.type, "help": spec.help, "multiple": spec.multiple,
                                   "envvar": list(spec.env) or None, "show_envvar": True, "show_default": False,
-                                  "hidden": spec.compat, "default": spec.default}
+                                  "hidden": spec.compat and not spec.help, "default": spec.default}
         if spec.is_bool:
             kwargs.update(is_flag=False, flag_value=True)  # a bare --flag means true
         super().__init__([*names, spec.param], **kwargs)

@@ -49,6 +49,7 @@ class Status:
     raft_index: int = 0
     version: str = ""
     is_learner: bool = False
+    cluster_id: int = 0
 
     @property
     def is_leader(self) -> bool:
@@ -250,6 +251,7 @@ async def status(client: EtcdClient, timeout: float | None = None) -> Status:
         raft_index=resp.raftIndex,
         version=resp.version,
         is_learner=resp.isLearner,
+        cluster_id=resp.header.cluster_id,
     )
 
 

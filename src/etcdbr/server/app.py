@@ -45,6 +45,7 @@ from ..snapstore import SnapStore, open_stores
 from . import api
 from .initialization import Initialization
 from .leader import LeaderElector, Role
+from .leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,6 +82,10 @@ class BackupServer:
             suspended=lambda: self.initialization.in_progress or self.stopping,
         )
         self.tls = self._tls_files()
+        from .leases import LeaseSettings
+
+        self.lease_settings = LeaseSettings.from_config(config)
+        self.leases: LeaseKeeper | None = None  # once run() has a Kubernetes client
 
     # -- state the API reads -------------------------------------------------------------------
     @property
@@ -149,6 +154,29 @@ class BackupServer:
             return
         metrics.cluster_size.set(len(members))
 
+    def _start_leases(self) -> asyncio.Task | None:
+        """The Kubernetes leases the Go tool keeps (see :mod:`.leases`); the member heartbeat's task."""
+        from . import leases
+
+        settings = self.lease_settings
+        if not settings.any:
+            return None
+        keeper = leases.LeaseKeeper(settings, leases.kube_client(), clock=self.clock)
+        self.leases = keeper
+        if not settings.member_lease:
+            return None
+        name = leases.member_lease_name()
+        peer_urls = self.config.restoration.initial_advertise_peer_urls
+        peer_tls = bool(peer_urls) and all(u.startswith("https://") for u in peer_urls)
+        timeout = self.config.etcd.connection_timeout.total_seconds()
+
+        async def status():
+            return await etcdclient.status(await self._etcd.get(), timeout=timeout)
+
+        assert self._stop is not None
+        return asyncio.get_running_loop().create_task(keeper.heartbeat(self._stop, name, status, peer_tls),
+                                                      name="member-lease")
+
     async def backup_leader_url(self) -> str:
         """The base URL of the backup leader's sidecar, found as the Go server finds it: etcd's
         leader (the status of --endpoints[0]), its first client URL's host, and this sidecar's
@@ -189,9 +217,13 @@ class BackupServer:
             await term.start()
         except EtcdbrError as exc:
             log.error("could not start the backup leader's components", extra={"error": redact(str(exc))})
+        if self.leases is not None and self.lease_settings.snapshot_leases and term.snapshotter is not None:
+            self.leases.watch_snapshotter(term.snapshotter)
 
     async def _end_term(self, reason: str) -> None:
         term, self.term = self.term, None
+        if self.leases is not None:
+            await self.leases.stop_snapshot_leases()
         if term is not None:
             await term.close(self.config.sync.shutdown_grace.total_seconds())
 
@@ -261,7 +293,10 @@ class BackupServer:
                 log.warning("No snapstore storage provider configured. Will not start backup schedule.")
             log.info("waiting for etcd; backups run only while its member is the Raft leader",
                      extra={"endpoint": self.config.etcd.endpoints[0] if self.config.etcd.endpoints else ""})
+            heartbeat = self._start_leases()
             await self.elector.run(self._stop)
+            if heartbeat is not None:
+                await heartbeat
             return 0
         finally:
             self.stopping = True
