@@ -172,3 +172,28 @@ def test_delta_lease_holder_is_zero_without_deltas_and_missing_lease_is_an_error
 
     assert asyncio.run(scenario()) == {"holderIdentity": "0", "renewTime": "2023-11-14T22:13:20.000000Z"}
     assert lease_api.get(NS, leases_mod.DELTA_LEASE)["spec"]["holderIdentity"] == "180"
+
+
+def test_compact_updates_the_full_snapshot_lease(tmp_path, lease_api, monkeypatch):
+    """As the Go tool's compact: the compacted snapshot's revision in the full snapshot lease."""
+    import shutil
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    import snapshot_factory as sf
+    from etcdbr.cli.main import cli
+
+    store = tmp_path / "store"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "go-etcdbrctl" / "gzip" / "store", store)
+    lease_api.create(NS, "etcd-main-full-snap", spec={"holderIdentity": "278"})
+    monkeypatch.setenv("KUBECONFIG", str(lease_api.kubeconfig(tmp_path / "kubeconfig", NS)))
+    monkeypatch.setenv("POD_NAMESPACE", NS)
+    result = CliRunner().invoke(cli, [
+        "compact", "--storage-provider=Local", f"--store-container={store}", "--store-prefix=",
+        f"--restoration-temp-snapshots-dir={tmp_path / 'rtmp'}", f"--etcd-bin-dir={sf.etcd_bin_dir()}",
+        f"--data-dir={tmp_path / 'm.etcd'}", "--name=m", "--initial-cluster=m=http://localhost:2380",
+        "--enable-snapshot-lease-renewal=true", "--full-snapshot-lease-name=etcd-main-full-snap"],
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert lease_api.get(NS, "etcd-main-full-snap")["spec"]["holderIdentity"] == "695"  # the fixture's revision
