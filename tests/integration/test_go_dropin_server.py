@@ -253,11 +253,12 @@ def test_follower_forwards_snapshot_triggers_to_the_leader(tmp_path, etcd_cluste
     follow.wait_healthy(60)
     startup_full = lead.get_json("/snapshot/latest")["fullSnapshot"]
 
+    writer = EtcdWriter(leader.client_url, "/fwd/")
+    writer.put_one()  # a new revision: the forwarded full snapshot is a new one, not the startup one again
     status, _, body = follow.get("/snapshot/full")
     assert status == 200, body
     full = json.loads(body)
     assert full["kind"] == "Full" and full["snapName"] != startup_full["snapName"]
-    writer = EtcdWriter(leader.client_url, "/fwd/")
     writes = [writer.put_one() for _ in range(3)]
     status, _, body = follow.get("/snapshot/delta")
     assert status == 200, body

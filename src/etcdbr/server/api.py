@@ -112,6 +112,12 @@ async def _forward(request: web.Request, server: "BackupServer") -> web.Response
         leader = await server.backup_leader_url()
     except EtcdbrError as exc:
         return _error(503, f"{NOT_LEADER}: cannot find the backup leader ({exc})", role=server.role.value)
+    own = {f"{h}:{server.config.server.port}" for h in (server.config.server.host, request.host.rsplit(":", 1)[0])}
+    if leader.split("://", 1)[1] in own or request.host == leader.split("://", 1)[1]:
+        # etcd's leader is on this host and the sidecars do not each have their own address (the
+        # Go tool's assumption): the leader's sidecar cannot be reached at its member's host
+        return _error(503, f"{NOT_LEADER}: the backup leader's sidecar would be at {leader}, where this one "
+                      "listens (sidecars sharing a host need their own addresses to forward)", role=server.role.value)
     tls: ssl.SSLContext | bool = True  # the default verification (unused for http)
     if leader.startswith("https:"):
         tls = ssl.create_default_context(cafile=server.config.etcd.cacert or None)
