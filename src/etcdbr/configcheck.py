@@ -247,6 +247,17 @@ def _show(d: timedelta) -> str:
     return format_duration(d)
 
 
+def advisories(config: Config, groups: Sequence[str]) -> list[str]:
+    """Settings that work but deserve a WARN at start: what they cost an operator who may go back
+    to the Go tool."""
+    out = []
+    if "compression" in groups and config.snapshotter.compression == "zstd":
+        out.append("--compression-policy=zstd writes .zst snapshots that the Go etcdbrctl cannot read: "
+                   "a store written with it can only be restored by this tool (gzip, zlib and lzw are "
+                   "readable by both)")
+    return out
+
+
 def check(config: Config, groups: Sequence[str], *, member_urls: bool = False) -> None:
     """Raise :class:`ConfigError` (exit 2) for the first rule ``config`` breaks."""
     rules = RULES + ([MEMBER_RULE] if member_urls else [])

@@ -27,6 +27,7 @@ from click.testing import CliRunner
 import snapshot_factory as sf
 from etcdbr.cli.main import cli
 from etcdbr.config import StoreConfig
+from etcdbr.metrics import REGISTRY
 from etcdbr.restore.bbolt import read_etcd_db
 from etcdbr.snapstore import open_store
 
@@ -130,11 +131,19 @@ def test_member_behind_the_store_is_left_to_raft(etcd_cluster_factory, tmp_path)
     assert got.kvs[b"while-down/029"][0] == b"while-down/-29" and b"after-full/009" in got.kvs
 
 
+def membership_metrics() -> dict:
+    return {(name, ok): REGISTRY.get_sample_value(name, {"succeeded": ok}) or 0.0
+            for name in ("etcdbr_is_learner_count_total", "etcdbr_add_learner_duration_seconds_count",
+                         "etcdbr_member_promote_duration_seconds_count", "etcdbr_member_remove_duration_seconds_count")
+            for ok in ("true", "false")}
+
+
 def test_wiped_member_of_a_live_cluster_rejoins_through_membership(etcd_cluster_factory, tmp_path):
     cluster = etcd_cluster_factory(3)
     put(cluster, "a/", 20)
     bucket = tmp_path / "bucket"
     sf.SnapshotFactory(cluster.leader().client_url).full(store(bucket))  # there is a snapshot; it must not be used
+    before = membership_metrics()
     i = follower(cluster)
     m = cluster.members[i]
     old_id = m.member_id()
@@ -172,6 +181,19 @@ def test_wiped_member_of_a_live_cluster_rejoins_through_membership(etcd_cluster_
     assert "replaced through etcd's membership API" in result.stderr
     assert "removed the member from the cluster" in failed.stderr and f"member_id={old_id:x}" in failed.stderr
     assert "member rejoined the cluster" in result.stderr
+    # The Go tool's membership metrics: two learner adds (the failed join and this one), one
+    # promotion that failed and one that worked, the old member's removal.
+    after = membership_metrics()
+    assert {k: after[k] - before[k] for k in after} == {
+        ("etcdbr_is_learner_count_total", "true"): 2, ("etcdbr_is_learner_count_total", "false"): 0,
+        ("etcdbr_add_learner_duration_seconds_count", "true"): 2,
+        ("etcdbr_add_learner_duration_seconds_count", "false"): 0,
+        ("etcdbr_member_promote_duration_seconds_count", "true"): 1,
+        ("etcdbr_member_promote_duration_seconds_count", "false"): 1,
+        ("etcdbr_member_remove_duration_seconds_count", "true"): 1,
+        ("etcdbr_member_remove_duration_seconds_count", "false"): 0,
+    }
+    assert REGISTRY.get_sample_value("etcdbr_is_learner") == 0
     assert "restoring base snapshot" not in result.stderr and "restore done" not in result.stderr
     listed = {int(x["ID"]): x for x in members(cluster)}
     assert old_id not in listed and len(listed) == 3

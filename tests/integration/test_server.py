@@ -118,12 +118,13 @@ def test_server_backs_up_under_load_and_serves_the_api(tmp_path, etcd_factory, s
         assert f"# TYPE {name} " in metric_lines or f"# TYPE {name}_total counter" in metric_lines, name
     assert f'etcdbr_snapshot_latest_revision{{kind="Full"}} {float(on_demand["lastRevision"])}' in metric_lines
 
-    for path in ("/config", "/config?format=json", "/sync/status", "/initialization/status", "/snapshot/latest"):
+    for path in ("/effective-config", "/effective-config?format=json", "/sync/status", "/initialization/status",
+                 "/snapshot/latest"):
         status, _, body = server.get(path)
         assert status == 200, (path, body)
         answers.append(body)
-    config_yaml = yaml.safe_load(server.get("/config")[2])
-    config_json = json.loads(server.get("/config?format=json")[2])
+    config_yaml = yaml.safe_load(server.get("/effective-config")[2])
+    config_json = json.loads(server.get("/effective-config?format=json")[2])
     assert config_yaml == config_json
     assert config_yaml["etcd-password"] == "******" and config_yaml["etcd-username"] == "root"
     assert config_yaml["storage-provider"] == "S3" and config_yaml["endpoints"] == [etcd.client_url]

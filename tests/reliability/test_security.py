@@ -144,8 +144,8 @@ def test_server_at_debug_level_emits_no_secret(tmp_path, etcd_factory, s3_server
         assert get("/snapshot/full") == 200
         time.sleep(1.2)
         get("/snapshot/delta")
-        for path in ("/healthz", "/config", "/config?format=json", "/metrics", "/snapshot/latest", "/sync/status",
-                     "/initialization/status", "/no-such-path"):
+        for path in ("/healthz", "/config", "/effective-config", "/effective-config?format=json", "/metrics",
+                     "/snapshot/latest", "/sync/status", "/initialization/status", "/no-such-path"):
             get(path)
         # The secondary really was written with the Azure key (the sync path was exercised).
         container = azurite_server.client().get_container_client(abs_container)

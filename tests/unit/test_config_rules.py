@@ -180,3 +180,14 @@ def test_flags_win_over_etcd_config_file(monkeypatch, tmp_path):
 def test_a_bad_etcd_config_file_is_one_line(monkeypatch, tmp_path, text, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         _apply(monkeypatch, tmp_path, text)
+
+
+@pytest.mark.parametrize("policy, warned", [("zstd", True), ("gzip", False), ("lzw", False)])
+def test_zstd_warns_that_the_go_tool_cannot_read_it(policy, warned, tmp_path):
+    result = CliRunner().invoke(cli, ["compact", f"--compression-policy={policy}",
+                                      f"--store-container={tmp_path / 'store'}"])
+    assert result.exit_code == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "WARN:" in line and "Go etcdbrctl cannot read" in line]
+    assert bool(warning) is warned, result.stderr
+    if warned:
+        assert "--compression-policy=zstd writes .zst snapshots" in warning[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "etcdbr"
 #: The extras the tool's own code may rely on (the others are for tests, benchmarks and lint).
-RUNTIME_EXTRAS = ("s3", "gcs", "abs", "zstd")
+RUNTIME_EXTRAS = ("s3", "gcs", "abs", "zstd", "k8s")
 
 
 def _normalize(name: str) -> str:

@@ -341,3 +341,56 @@ def test_a_read_only_check_creates_nothing(home):
 def test_an_absolute_container_reads_as_one_path(tmp_path):
     store = open_store(StoreConfig(container=str(tmp_path / "b")))
     assert store.display == f"Local:{tmp_path / 'b'}" and "//" not in store.display
+
+
+# -- an absolute container: ours is the path itself, the Go tool's is $HOME joined in front ------
+def _seed(root: Path, prefix: str = "etcd") -> None:
+    store = LocalStore(StoreConfig(provider="Local", container=str(root), prefix=prefix))
+    store.save(snap(store, compression_suffix=".gz"), io.BytesIO(b"data"))
+
+
+def test_absolute_container_is_used_as_is_when_the_go_location_is_empty(home, tmp_path, caplog):
+    ours = tmp_path / "abs" / "backups"
+    _seed(ours)
+    caplog.set_level("WARNING")
+    store = make(container=str(ours))
+    assert store.root == ours and len(store.list()) == 1
+    assert not [r for r in caplog.records if "Go etcdbrctl" in r.getMessage()]
+
+
+def test_absolute_container_falls_back_to_where_the_go_tool_wrote(home, tmp_path, caplog):
+    ours = tmp_path / "abs" / "backups"
+    go = Path(f"{home}{ours}")       # path.Join(home, container) in the Go tool
+    _seed(go)
+    caplog.set_level("WARNING")
+    store = make(container=str(ours))
+    assert store.root == go and len(store.list()) == 1
+    [warning] = [r.getMessage() for r in caplog.records if "Go etcdbrctl" in r.getMessage()]
+    assert f"{ours} holds no snapshots but {go} does" in warning and f"using {go}" in warning
+
+
+def test_absolute_container_with_stores_in_both_places_uses_the_path_and_warns(home, tmp_path, caplog):
+    ours = tmp_path / "abs" / "backups"
+    go = Path(f"{home}{ours}")
+    _seed(ours)
+    _seed(go)
+    caplog.set_level("WARNING")
+    store = make(container=str(ours))
+    assert store.root == ours
+    [warning] = [r.getMessage() for r in caplog.records if "Go etcdbrctl" in r.getMessage()]
+    assert f"{ours} holds snapshots and so does {go}" in warning and f"using {ours}" in warning
+
+
+def test_go_location_of_another_prefix_does_not_count(home, tmp_path):
+    ours = tmp_path / "abs" / "backups"
+    _seed(Path(f"{home}{ours}"), prefix="other-cluster")
+    assert make(container=str(ours)).root == ours
+
+
+def test_home_at_root_makes_both_readings_one_directory(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("HOME", "/")
+    ours = tmp_path / "abs"
+    _seed(ours)
+    caplog.set_level("WARNING")
+    assert make(container=str(ours)).root == ours
+    assert not [r for r in caplog.records if "Go etcdbrctl" in r.getMessage()]

@@ -98,3 +98,15 @@ def test_reading_a_zst_object_without_zstandard_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard now fails
     with pytest.raises(ConfigError, match=r"pip install 'etcd-backup-restore\[zstd\]'"):
         decompressing_reader(io.BytesIO(payload), ".zst").read()
+
+
+def test_leases_without_lightkube_name_the_extra(tmp_path):
+    from services import free_port
+
+    result = run_without(["server", "--enable-snapshot-lease-renewal=true", "--endpoints=http://127.0.0.1:1",
+                          "--server-host=127.0.0.1", f"--server-port={free_port()}"],
+                         blocked=("lightkube", "httpx2"))
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result)[-1:] == [
+        "error: Kubernetes leases (--enable-snapshot-lease-renewal, --enable-member-lease-renewal) needs the Python "
+        "package 'lightkube', which is not installed: pip install 'etcd-backup-restore[k8s]'"]

@@ -205,8 +205,14 @@ def test_api_as_leader():
 
 def test_api_as_follower_and_without_provider():
     follower = _server(healthy=True, role=Role.FOLLOWER, leader_snapshotter=None)
+
+    async def no_leader():
+        raise EtcdError("etcd has no leader")
+
+    follower.backup_leader_url = no_leader  # forwarding needs etcd: tests/integration/test_go_dropin_server.py
     (full, delta, sync) = _requests(follower, ["/snapshot/full", "/snapshot/delta", "/snapshot/sync"])
-    assert full[0] == 503 and json.loads(full[1]) == {"error": "not the backup leader", "role": "Follower"}
+    assert full[0] == 503 and json.loads(full[1]) == {
+        "error": "not the backup leader: cannot find the backup leader (etcd has no leader)", "role": "Follower"}
     assert delta[0] == 503
     assert sync[0] == 405  # sync not configured
     assert "Strict-Transport-Security" not in full[2]

@@ -21,11 +21,12 @@ EXTRA = [
     Opt("metrics-scrape-wait-duration", "extra.metrics_scrape_wait_duration", Duration(),
         "Accepted for compatibility; no effect (this command serves no metrics).", defaults=CompactOptions),
     Opt("enable-snapshot-lease-renewal", "extra.enable_snapshot_lease_renewal", Bool(),
-        "Accepted for compatibility; no effect.", defaults=CompactOptions),
+        "Update the full snapshot revision lease with the new snapshot, as the Go tool does (needs "
+        "POD_NAMESPACE and the k8s extra).", defaults=CompactOptions),
     Opt("full-snapshot-lease-name", "extra.full_snapshot_lease_name", Text(),
-        "Accepted for compatibility; no effect.", defaults=CompactOptions),
+        "Name of the full snapshot revision lease.", defaults=CompactOptions),
     Opt("delta-snapshot-lease-name", "extra.delta_snapshot_lease_name", Text(),
-        "Accepted for compatibility; no effect.", defaults=CompactOptions),
+        "Accepted for compatibility; compact takes no delta snapshot.", defaults=CompactOptions),
 ]
 
 
@@ -39,13 +40,41 @@ def command(config, **_params) -> int:
     from ..restore import Compactor
     from ..snapstore import open_store
 
+    lease = config.extra.get("enable_snapshot_lease_renewal", False)
+    if lease:
+        from ..server.leases import kube_client
+
+        kube_client()  # refuse at start, as the Go tool does, when the leases cannot be reached
     store = open_store(config.store)
     try:
         result = Compactor(store, config, defragment=config.extra.get("defragment", True),
                            snapshot_timeout=config.extra["etcd_snapshot_timeout"],
                            defrag_timeout=config.extra["etcd_defrag_timeout"]).run()
         if result.snapshot is not None:
+            if lease:
+                _update_full_snapshot_lease(config, result.snapshot)
             click.echo(result.snapshot.key)
     finally:
         store.close()
     return 0
+
+
+def _update_full_snapshot_lease(config, snapshot) -> None:
+    """The full snapshot lease after the compacted snapshot; a failure is a WARN (as with the Go tool)."""
+    import asyncio
+    import logging
+    import time
+
+    from ..server.leases import UPDATE_TIMEOUT, LeaseKeeper, LeaseSettings, kube_client
+
+    settings = LeaseSettings(snapshot_leases=True, full_name=config.extra["full_snapshot_lease_name"])
+
+    async def update() -> None:
+        keeper = LeaseKeeper(settings, kube_client(), clock=time.time)
+        await asyncio.wait_for(keeper.update_full(snapshot), UPDATE_TIMEOUT)
+
+    try:
+        asyncio.run(update())
+    except Exception as exc:  # noqa: BLE001 - the snapshot is stored; the lease is only a signal
+        logging.getLogger(__name__).warning("full snapshot lease update failed", extra={
+            "lease": settings.full_name, "error": str(exc)})

@@ -43,7 +43,9 @@ def command(config, **_params) -> int:
 
     apply_server_defaults(config)
     log.info(version_line())
-    ignored = sorted(config.extra["compat"])
+    honoured = {"enable-snapshot-lease-renewal", "enable-member-lease-renewal", "k8s-heartbeat-duration",
+                "full-snapshot-lease-name", "delta-snapshot-lease-name"}  # Kubernetes leases (server/leases.py)
+    ignored = sorted(set(config.extra["compat"]) - honoured)
     if ignored:
         log.info("accepted for compatibility with the Go tool and ignored", extra={"flags": ",".join(ignored)})
     return run_server(config)

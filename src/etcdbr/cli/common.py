@@ -41,9 +41,16 @@ def command_runner(*groups: str, extra=None, member: bool = False, restores: boo
                     from ..etcdconf import apply_member_identity
 
                     apply_member_identity(config)
-                from ..configcheck import check
+                from ..configcheck import advisories, check
 
                 check(config, groups, member_urls=restores)
+                for advice in advisories(config, groups):
+                    log.warning(advice)
+                for overridden in config.extra.get("overridden", []):
+                    log.warning(f"--config-file (the Go tool's format) wins over {overridden}, as with the Go tool")
+                for key in config.extra.get("file_ignored", []):
+                    log.warning(f"--config-file: {key!r} is no setting the Go tool reads; ignored, as the Go tool "
+                                "ignores it")
                 code = fn(config, **params)
             except EtcdbrError as exc:
                 click.echo(f"error: {logs.redact(str(exc))}", err=True)

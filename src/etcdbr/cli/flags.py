@@ -260,16 +260,22 @@ GROUPS: dict[str, list[Opt]] = {
         Opt("log-level", "log_level", LogLevel(), "debug, info, warning or error (or the Go tool's 0-6)."),
         Opt("log-format", "log_format", Choice("text", "json"), "text or json."),
     ],
-    # The Go tool's Kubernetes-only flags (leases, etcd wrapper, heartbeat): accepted so existing pod
-    # specs keep working, hidden from help, without effect. Their values are still checked as the Go
-    # tool checks them (etcdbr.configcheck); they land in Config.extra["compat"] when given.
+    # The Go tool's Kubernetes-only flags. They land in Config.extra["compat"] when given, their
+    # values checked as the Go tool checks them (etcdbr.configcheck). The lease flags work
+    # (server/leases.py) and show in --help; the others are accepted so that existing pod specs keep
+    # working, hidden from help, without effect.
     "compat": [
         Opt("use-etcd-wrapper", "", Bool(), "", compat=True),
-        Opt("enable-snapshot-lease-renewal", "", Bool(), "", compat=True),
-        Opt("enable-member-lease-renewal", "", Bool(), "", compat=True),
-        Opt("k8s-heartbeat-duration", "", Duration(), "", compat=True),
-        Opt("full-snapshot-lease-name", "", Text(), "", compat=True),
-        Opt("delta-snapshot-lease-name", "", Text(), "", compat=True),
+        Opt("enable-snapshot-lease-renewal", "", Bool(), "Update the full and delta snapshot revision leases "
+            "etcd-druid reads (needs POD_NAMESPACE and the k8s extra). Default false.", compat=True),
+        Opt("enable-member-lease-renewal", "", Bool(), "Renew the member's heartbeat lease, named after POD_NAME "
+            "(needs POD_NAMESPACE and the k8s extra). Default false.", compat=True),
+        Opt("k8s-heartbeat-duration", "", Duration(), "Period of the member lease renewal. Default 30s.",
+            compat=True),
+        Opt("full-snapshot-lease-name", "", Text(), "Name of the full snapshot revision lease. Default "
+            "full-snapshot-revisions.", compat=True),
+        Opt("delta-snapshot-lease-name", "", Text(), "Name of the delta snapshot revision lease. Default "
+            "delta-snapshot-revisions.", compat=True),
         Opt("etcd-connection-timeout-leader-election", "", Duration(), "", compat=True),
     ],
 }
@@ -279,7 +285,7 @@ TITLES = {"etcd": "etcd connection", "store": "Store", "secondary": "Secondary s
           "snapshotter": "Snapshotter", "compression": "Compression", "backoff": "Backoff (startup retries)",
           "restoration": "Restoration", "pitr": "Point in time", "server": "HTTP server", "sync": "Backup sync",
           "logging": "Logging",
-          "compat": "Compatibility"}
+          "compat": "Kubernetes leases (etcd-druid)"}
 
 #: Flags this tool accepts for compatibility with the Go tool, ignoring their value.
 COMPAT_IGNORED = [o.name for o in GROUPS["compat"]]

@@ -45,7 +45,7 @@ class FlagOption(click.Option):
             names.insert(0, f"-{spec.short}")
         kwargs: dict[str, Any] = {"type": spec.type, "help": spec.help, "multiple": spec.multiple,
                                   "envvar": list(spec.env) or None, "show_envvar": True, "show_default": False,
-                                  "hidden": spec.compat, "default": spec.default}
+                                  "hidden": spec.compat and not spec.help, "default": spec.default}
         if spec.is_bool:
             kwargs.update(is_flag=False, flag_value=True)  # a bare --flag means true
         super().__init__([*names, spec.param], **kwargs)
@@ -58,6 +58,16 @@ class FlagOption(click.Option):
             return super().type_cast_value(ctx, value)
         items = [value] if isinstance(value, str) else list(value or ())
         return [self.type(part.strip(), self, ctx) for item in items for part in str(item).split(",") if part.strip()]
+
+    def consume_value(self, ctx: click.Context, opts: Mapping[str, Any]) -> tuple[Any, ParameterSource]:
+        """A value the Go tool's config file pins wins over the flag and its environment variable."""
+        value, source = super().consume_value(ctx, opts)
+        state = _file_state(ctx)
+        if self.name in state["pinned"] and source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            where = f"--{self.spec.name}" if source is ParameterSource.COMMANDLINE else "its environment variable"
+            state["overridden"].append(f"{where} (set by {state['keys'][self.name]!r} in --config-file)")
+            return state["pinned"][self.name], ParameterSource.DEFAULT_MAP
+        return value, source
 
     def process_value(self, ctx: click.Context, value: Any) -> Any:
         try:
@@ -102,21 +112,41 @@ def origin(ctx: click.Context, spec: Opt) -> str:
 
 
 # -- the config file -----------------------------------------------------------------------------
+class ConfigFileValues(dict):
+    """A config file's flag values by flag name (or alias). ``paths``: the file's own key for each,
+    as errors name it; ``wins``: the file's values win over flags and environment (the Go tool's
+    format, whose server takes its configuration from the file alone)."""
+
+    def __init__(self, values: Mapping[str, Any], paths: Mapping[str, str] | None = None, wins: bool = False,
+                 ignored: list[str] | None = None):
+        super().__init__(values)
+        self.paths = dict(paths or {})
+        self.wins = wins
+        #: keys of the file that set nothing (the Go tool ignores them too)
+        self.ignored = list(ignored or [])
+
+
 def read_config_file(path: str) -> dict[str, Any]:
     """The flag values a ``--config-file`` gives, keyed by flag name or alias (no dashes).
 
-    The one place that knows the file's format (a YAML mapping of flag names to values): another
-    format, such as the Go tool's nested one, is read here and handed on as flag names."""
+    The one place that knows the file's formats: this tool's (a YAML mapping of flag names to
+    values) and the Go tool's nested one (:mod:`.goconfig`), handed on as flag names."""
+    from . import goconfig
+
     data = read_yaml_mapping(path, unreadable="--config-file: cannot read {path!r} ({reason})",
                              invalid="--config-file: {path!r} is not valid YAML{where}",
                              not_mapping="--config-file: {path!r} must be a mapping of flag names to values")
+    if goconfig.is_go_format(data):
+        values, paths, ignored = goconfig.flatten(data)
+        return ConfigFileValues(values, paths, wins=True, ignored=ignored)
     return {str(k).lstrip("-"): v for k, v in data.items()}
 
 
 def _file_state(ctx: click.Context) -> dict:
     """What this command's --config-file gave: which key set each parameter, and the Go tool's
     ignored flags the command has no option for."""
-    return ctx.meta.setdefault("etcdbr.config-file", {}).setdefault(ctx.command_path, {"keys": {}, "compat": {}})
+    return ctx.meta.setdefault("etcdbr.config-file", {}).setdefault(
+        ctx.command_path, {"keys": {}, "compat": {}, "pinned": {}, "overridden": [], "ignored": []})
 
 
 def _load_config_file(ctx: click.Context, _param: click.Parameter, path: str | None) -> str | None:
@@ -129,10 +159,17 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
         raise FlagError(str(exc), ctx=ctx) from None
     by_key = {key: p for p in ctx.command.params if isinstance(p, FlagOption)
               for key in (p.spec.name, *p.spec.aliases)}
+    paths = getattr(values, "paths", {})
+    wins = getattr(values, "wins", False)
+    ignored = getattr(values, "ignored", [])
+    if wins:
+        # The Go tool's file configures its server; another command takes what it has flags for.
+        values = {k: v for k, v in values.items() if k in by_key or k in COMPAT_IGNORED}
     unknown = sorted(k for k in values if k not in by_key and k not in COMPAT_IGNORED)
     if unknown:
         raise FlagError(f"--config-file: unknown key {unknown[0]!r} for this command", ctx=ctx)
     state = _file_state(ctx)
+    state["ignored"] = ignored
     defaults = dict(ctx.default_map or {})
     for key, value in values.items():
         option = by_key.get(key)
@@ -142,7 +179,9 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, path: str | N
             state["compat"][key] = value
         elif option.name not in state["keys"] or key == option.spec.name:
             defaults[option.name] = value  # the flag's own name wins over an alias
-            state["keys"][option.name] = key
+            state["keys"][option.name] = paths.get(key, key)
+            if wins:
+                state["pinned"][option.name] = value
     ctx.default_map = defaults
     return path
 
@@ -221,6 +260,9 @@ def resolve(source: click.Context | Mapping, *groups: str, extra: list[Opt] | No
     config = Config()
     origins = config.extra.setdefault("origins", {})  # flag name -> where its value came from
     compat = dict(_file_state(ctx)["compat"]) if ctx is not None else {}
+    # flags and variables the Go tool's config file overrode (command_runner logs them)
+    config.extra["overridden"] = list(_file_state(ctx)["overridden"]) if ctx is not None else []
+    config.extra["file_ignored"] = list(_file_state(ctx)["ignored"]) if ctx is not None else []
     for spec in [o for g in groups for o in GROUPS[g]] + (extra or []):
         value = params.get(spec.param)
         if spec.compat:

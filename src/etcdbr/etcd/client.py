@@ -48,6 +48,8 @@ class Status:
     raft_term: int
     raft_index: int = 0
     version: str = ""
+    is_learner: bool = False
+    cluster_id: int = 0
 
     @property
     def is_leader(self) -> bool:
@@ -248,6 +250,8 @@ async def status(client: EtcdClient, timeout: float | None = None) -> Status:
         raft_term=resp.raftTerm,
         raft_index=resp.raftIndex,
         version=resp.version,
+        is_learner=resp.isLearner,
+        cluster_id=resp.header.cluster_id,
     )
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
 
-from .. import retry
+from .. import metrics, retry
 from ..config import EtcdConnectionConfig, RestorationConfig
 from ..errors import EtcdError, RestoreError
 from ..etcd import client as etcdclient
@@ -329,24 +329,34 @@ class MemberReplacer:
                                    "etcd is running: initialize must run before this member's etcd starts, and "
                                    "never replaces a running member")
         for m in ours:
+            started = time.monotonic()
             try:
                 await self._retrying(client, f"member remove {m.hex_id}", lambda m=m: etcdclient.member_remove(
                     client, m.id, timeout=CALL_TIMEOUT))
             except EtcdError as exc:
                 if MEMBER_NOT_FOUND not in str(exc):
+                    metrics.member_remove_duration.labels("false").observe(time.monotonic() - started)
                     raise  # otherwise it is gone already
+            metrics.member_remove_duration.labels("true").observe(time.monotonic() - started)
             log.warning("removed the member from the cluster", extra={"member": m.name or self.name,
                                                                       "member_id": m.hex_id,
                                                                       "peer_urls": ",".join(m.peer_urls)})
         return ours
 
     async def _add(self, client, removed: list[Member]):
+        started = time.monotonic()
         try:
             # Right after a learner was removed, etcd 3.5 answers a member add with "member not
             # found" for a moment.
-            return await self._retrying(client, "member add", lambda: etcdclient.member_add(
+            added = await self._retrying(client, "member add", lambda: etcdclient.member_add(
                 client, self.peer_urls, learner=True, timeout=CALL_TIMEOUT), transient=(*TRANSIENT, MEMBER_NOT_FOUND))
+            metrics.is_learner_count_total.labels("true").inc()
+            metrics.is_learner.set(1)
+            metrics.add_learner_duration.labels("true").observe(time.monotonic() - started)
+            return added
         except EtcdError as exc:
+            metrics.is_learner_count_total.labels("false").inc()
+            metrics.add_learner_duration.labels("false").observe(time.monotonic() - started)
             if not removed:
                 raise
             raise RestoreError(f"{exc} (the member was removed from the cluster already; the next run of "
@@ -406,7 +416,13 @@ class MemberReplacer:
                                         start_new_session=True)
             log.info("started etcd to sync the learner from the leader",
                      extra={"pid": proc.pid, "peer_urls": ",".join(self.peer_urls), "data_dir": str(self.data_dir)})
-            promoted = await self._promote(client, member_id, proc, log_path)
+            started = time.monotonic()
+            try:
+                promoted = await self._promote(client, member_id, proc, log_path)
+            finally:
+                metrics.member_promote_duration.labels(metrics.label_bool(promoted)).observe(
+                    time.monotonic() - started)
+            metrics.is_learner.set(0)
             log.info("the learner is in sync; promoted it to a voting member",
                      extra={"member": self.name, "member_id": f"{member_id:x}"})
         except BaseException as exc:

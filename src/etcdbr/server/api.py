@@ -5,13 +5,14 @@ there). Error responses carry a small JSON body ``{"error": ...}`` where Go sent
 
 Deliberate differences:
 
-* A follower answers the snapshot-triggering endpoints with 503 and
-  ``{"error": "not the backup leader", ...}`` instead of reverse-proxying to the leader's
-  sidecar (the Go tool assumes every sidecar listens on the same port of the leader's host);
-  callers retry against the leader. ``/snapshot/latest`` on a follower is answered from the
-  store listing, which is what the leader's in-memory view is built from.
-* ``/config`` serves this process's effective configuration (flag-keyed YAML, or JSON with
-  ``?format=json``) with secrets masked, not a rendered etcd member config.
+* A follower forwards ``/snapshot/full`` and ``/snapshot/delta`` to the backup leader's sidecar as
+  the Go server does (:func:`_forward`); when that fails it answers 503 with
+  ``{"error": "not the backup leader: ..."}`` where the Go server answers 405 without a body.
+  ``/snapshot/latest`` on a follower is answered from the store listing (what the leader's
+  in-memory view is built from) instead of being forwarded.
+* ``/config`` renders etcd's member configuration as the Go server does (:mod:`.etcdconfig`);
+  this tool's own effective configuration (flag-keyed YAML, or JSON with ``?format=json``, secrets
+  masked) is at ``/effective-config``.
 * ``/snapshot/sync`` and ``/sync/status`` belong to the dual-endpoint copier.
 """
 
@@ -24,7 +25,7 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import logs, metrics
 from ..config import parse_bool
@@ -92,12 +93,62 @@ async def initialization_status(request: web.Request) -> web.Response:
 
 
 # -- snapshots -------------------------------------------------------------------------------
+#: Marks a request a follower forwarded, so that it is never forwarded again (two sidecars that
+#: each take the other for the leader during an election would bounce it otherwise).
+FORWARDED = "X-Etcdbr-Forwarded-By"
+#: Hop-by-hop headers a proxy does not pass on (RFC 9110 7.6.1), plus what aiohttp sets itself.
+_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+        "transfer-encoding", "upgrade", "host", "content-length"}
+
+
+async def _forward(request: web.Request, server: "BackupServer") -> web.Response:
+    """Hand a snapshot trigger to the backup leader's sidecar, as the Go server does: find it
+    through etcd, check its /healthz, then pass the request on and its answer back."""
+    import aiohttp
+
+    if request.headers.get(FORWARDED):
+        return _error(503, f"{NOT_LEADER} (a forwarded request is not forwarded again)", role=server.role.value)
+    try:
+        leader = await server.backup_leader_url()
+    except EtcdbrError as exc:
+        return _error(503, f"{NOT_LEADER}: cannot find the backup leader ({exc})", role=server.role.value)
+    own = {f"{h}:{server.config.server.port}" for h in (server.config.server.host, request.host.rsplit(":", 1)[0])}
+    if leader.split("://", 1)[1] in own or request.host == leader.split("://", 1)[1]:
+        # etcd's leader is on this host and the sidecars do not each have their own address (the
+        # Go tool's assumption): the leader's sidecar cannot be reached at its member's host
+        return _error(503, f"{NOT_LEADER}: the backup leader's sidecar would be at {leader}, where this one "
+                      "listens (sidecars sharing a host need their own addresses to forward)", role=server.role.value)
+    tls: ssl.SSLContext | bool = True  # the default verification (unused for http)
+    if leader.startswith("https:"):
+        tls = ssl.create_default_context(cafile=server.config.etcd.cacert or None)
+    snapshot_timeout = server.config.etcd.snapshot_timeout.total_seconds()
+    timeout = aiohttp.ClientTimeout(total=snapshot_timeout + 60, connect=10)
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+    headers[FORWARDED] = f"{server.config.server.host}:{server.config.server.port}"
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(f"{leader}/healthz", ssl=tls, timeout=aiohttp.ClientTimeout(total=10)) as health:
+                healthy = health.status == 200 and (await health.json(content_type=None)).get("health") is True
+            if not healthy:
+                return _error(503, f"{NOT_LEADER}: the backup leader at {leader} is not healthy",
+                              role=server.role.value)
+            log.info("forwarding the request to the backup leader", extra={"path": request.path, "leader": leader})
+            async with session.request(request.method, f"{leader}{request.path_qs}", headers=headers,
+                                       data=await request.read(), ssl=tls) as answer:
+                body = await answer.read()
+                return web.Response(body=body, status=answer.status,
+                                    headers={k: v for k, v in answer.headers.items() if k.lower() not in _HOP})
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return _error(503, f"{NOT_LEADER}: the backup leader at {leader} did not answer ({type(exc).__name__}: {exc})",
+                      role=server.role.value)
+
+
 def _snapshotter_or_response(server: "BackupServer"):
     if not server.has_provider:
         return None, _error(405, "no storage provider configured, so there is no snapshotter")
     snapshotter = server.leader_snapshotter
     if snapshotter is None:
-        return None, _not_leader(server)
+        return None, None  # not the leader: the caller forwards
     if not getattr(snapshotter, "active", False):
         return None, _error(500, "snapshotter is not active yet")
     return snapshotter, None
@@ -114,6 +165,8 @@ async def snapshot_full(request: web.Request) -> web.Response:
     snapshotter, refusal = _snapshotter_or_response(server)
     if refusal is not None:
         return refusal
+    if snapshotter is None:
+        return await _forward(request, server)
     try:
         snap = await snapshotter.take_full_snapshot(final=final)
     except EtcdbrError as exc:
@@ -127,8 +180,10 @@ async def snapshot_delta(request: web.Request) -> web.Response:
     snapshotter, refusal = _snapshotter_or_response(server)
     if refusal is not None:
         return refusal
-    if not server.config.snapshotter.delta_enabled:
-        return _error(500, "delta snapshots are disabled (--delta-snapshot-period below 1s)")
+    if snapshotter is None:
+        return await _forward(request, server)
+    # With scheduled deltas off (--delta-snapshot-period below 1s) the snapshotter watches just
+    # long enough to take this one (the Go tool answers 500 here: upstream issue #965).
     try:
         snap = await snapshotter.take_delta_snapshot()
     except EtcdbrError as exc:
@@ -196,7 +251,19 @@ async def sync_status(request: web.Request) -> web.Response:
 
 
 # -- configuration and metrics ---------------------------------------------------------------
-async def config(request: web.Request) -> web.Response:
+async def etcd_config(request: web.Request) -> web.Response:
+    """etcd's member configuration, as the Go server renders it for etcd-wrapper."""
+    from . import etcdconfig
+
+    try:
+        text = await etcdconfig.render(_server(request).config)
+    except EtcdbrError as exc:
+        log.warning("cannot serve etcd's member configuration", extra={"error": logs.redact(str(exc))})
+        return _error(500, str(exc))
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def effective_config(request: web.Request) -> web.Response:
     server = _server(request)
     fmt = "json" if request.query.get("format") == "json" else "yaml"
     text = configview.render(server.config, server.config_groups, fmt)
@@ -206,7 +273,7 @@ async def config(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -236,7 +303,8 @@ ROUTES = {
     "/snapshot/latest": snapshot_latest,
     "/snapshot/sync": snapshot_sync,
     "/sync/status": sync_status,
-    "/config": config,
+    "/config": etcd_config,
+    "/effective-config": effective_config,
     "/metrics": metrics_handler,
 }
 

@@ -33,6 +33,7 @@ from typing import Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
+from .. import metrics
 from ..backup import BackupRunner
 from ..config import Config
 from ..copier import BackupCopier
@@ -44,6 +45,7 @@ from ..snapstore import SnapStore, open_stores
 from . import api
 from .initialization import Initialization
 from .leader import LeaderElector, Role
+from .leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,6 +82,10 @@ class BackupServer:
             suspended=lambda: self.initialization.in_progress or self.stopping,
         )
         self.tls = self._tls_files()
+        from .leases import LeaseSettings
+
+        self.lease_settings = LeaseSettings.from_config(config)
+        self.leases: LeaseKeeper | None = None  # once run() has a Kubernetes client
 
     # -- state the API reads -------------------------------------------------------------------
     @property
@@ -132,9 +138,63 @@ class BackupServer:
         except EtcdError:
             await self._etcd.reset()
             raise
+        metrics.is_learner.set(1 if status.is_learner else 0)
         if status.leader_id == 0:
             raise EtcdError("etcd has no leader (quorum lost or an election is running)")
+        await self._update_cluster_size(timeout)
         return status.is_leader
+
+    async def _update_cluster_size(self, timeout: float) -> None:
+        """``etcdbr_cluster_size``: the members etcd lists (learners included). The Go tool sets it
+        once from --initial-cluster; this follows scale-ups and member removals."""
+        try:
+            members = await etcdclient.member_list(await self._etcd.get(), linearizable=False, timeout=timeout)
+        except EtcdError as exc:
+            log.debug("member list failed; etcdbr_cluster_size unchanged", extra={"error": redact(str(exc))})
+            return
+        metrics.cluster_size.set(len(members))
+
+    def _start_leases(self) -> asyncio.Task | None:
+        """The Kubernetes leases the Go tool keeps (see :mod:`.leases`); the member heartbeat's task."""
+        from . import leases
+
+        settings = self.lease_settings
+        if not settings.any:
+            return None
+        keeper = leases.LeaseKeeper(settings, leases.kube_client(), clock=self.clock)
+        self.leases = keeper
+        if not settings.member_lease:
+            return None
+        name = leases.member_lease_name()
+        peer_urls = self.config.restoration.initial_advertise_peer_urls
+        peer_tls = bool(peer_urls) and all(u.startswith("https://") for u in peer_urls)
+        timeout = self.config.etcd.connection_timeout.total_seconds()
+
+        async def status():
+            return await etcdclient.status(await self._etcd.get(), timeout=timeout)
+
+        assert self._stop is not None
+        return asyncio.get_running_loop().create_task(keeper.heartbeat(self._stop, name, status, peer_tls),
+                                                      name="member-lease")
+
+    async def backup_leader_url(self) -> str:
+        """The base URL of the backup leader's sidecar, found as the Go server finds it: etcd's
+        leader (the status of --endpoints[0]), its first client URL's host, and this sidecar's
+        --server-port (every sidecar listens on the same port of its member's host)."""
+        from urllib.parse import urlsplit
+
+        timeout = self.config.etcd.connection_timeout.total_seconds()
+        client = await self._etcd.get()
+        status = await etcdclient.status(client, timeout=timeout)
+        if status.leader_id == 0:
+            raise EtcdError("etcd has no leader (quorum lost or an election is running)")
+        members = await etcdclient.member_list(client, linearizable=False, timeout=timeout)
+        leader = next((m for m in members if m.ID == status.leader_id), None)
+        if leader is None or not leader.clientURLs:
+            raise EtcdError(f"etcd's leader {status.leader_id:x} has no client URL in the member list")
+        host = urlsplit(leader.clientURLs[0]).hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.config.server.port}"
 
     async def cluster_endpoints(self) -> list[str]:
         """Client URLs of every member (for defragmentation), or ``--endpoints`` if unknown."""
@@ -157,9 +217,13 @@ class BackupServer:
             await term.start()
         except EtcdbrError as exc:
             log.error("could not start the backup leader's components", extra={"error": redact(str(exc))})
+        if self.leases is not None and self.lease_settings.snapshot_leases and term.snapshotter is not None:
+            self.leases.watch_snapshotter(term.snapshotter)
 
     async def _end_term(self, reason: str) -> None:
         term, self.term = self.term, None
+        if self.leases is not None:
+            await self.leases.stop_snapshot_leases()
         if term is not None:
             await term.close(self.config.sync.shutdown_grace.total_seconds())
 
@@ -211,6 +275,10 @@ class BackupServer:
 
     async def run(self) -> int:
         self._stop = asyncio.Event()
+        # As the Go server does at start: the size etcd's initial cluster names, until etcd answers.
+        from ..restore.membership import cluster_size
+
+        metrics.cluster_size.set(cluster_size(self.config.restoration.initial_cluster))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -225,7 +293,10 @@ class BackupServer:
                 log.warning("No snapstore storage provider configured. Will not start backup schedule.")
             log.info("waiting for etcd; backups run only while its member is the Raft leader",
                      extra={"endpoint": self.config.etcd.endpoints[0] if self.config.etcd.endpoints else ""})
+            heartbeat = self._start_leases()
             await self.elector.run(self._stop)
+            if heartbeat is not None:
+                await heartbeat
             return 0
         finally:
             self.stopping = True

@@ -180,7 +180,46 @@ class Snapshotter:
         """
         self._bind_loop()
         async with self._lock:
+            if not self.sconfig.delta_enabled and not self._collector.watching:
+                return await self._on_demand_delta(final)
             return await self._flush_deltas(final)
+
+    async def _on_demand_delta(self, final: bool) -> Snapshot | None:
+        """A delta asked for (``/snapshot/delta``) while scheduled deltas are off, so no watch
+        runs: watch from the latest snapshot to etcd's current revision, upload that, stop the
+        watch. (The Go tool answers 500 here, upstream issue #965.)"""
+        await self._ensure_loaded()
+        prev = self._prev
+        if prev is None:
+            return None  # no full snapshot to continue yet
+        client = await self._etcd.get()
+        revision = await etcdclient.current_revision(client)
+        if revision < prev.last_revision:
+            self._require_full("etcd's revision is behind the latest snapshot")
+            raise EtcdbrError(f"etcd's revision {revision} is behind the latest snapshot {prev.snap_name}; "
+                              "a full snapshot follows instead")
+        if revision == prev.last_revision:
+            return None  # nothing happened since the latest snapshot
+        self._collector.discard(next_rev=prev.last_revision + 1)
+        self._start_watch()
+        try:
+            deadline = time.monotonic() + CATCH_UP_TIMEOUT
+            while (self._collector.collected_revision or 0) < revision and not self._full_required_reason:
+                self._progress.clear()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise EtcdbrError(f"the watch did not reach etcd's revision {revision} within "
+                                      f"{CATCH_UP_TIMEOUT:.0f}s (collected up to {self._collector.collected_revision})")
+                await wait_unless_stopped(self._progress, remaining)
+            if self._full_required_reason:
+                raise EtcdbrError(f"cannot take a delta snapshot ({self._full_required_reason}); "
+                                  "a full snapshot follows instead")
+            await self._collector.stop_watch()  # seal exactly what was collected
+            return await self._flush_deltas(final)
+        finally:
+            await self._stop_watch()
+            self._watching = False
+            self._collector.discard()
 
     async def run(self, stop: asyncio.Event, full_at_start: bool | None = None, flush_on_stop: bool = True) -> None:
         """Snapshot until ``stop`` is set: the startup decision, then cron fulls and periodic deltas.

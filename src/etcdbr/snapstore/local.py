@@ -1,5 +1,11 @@
 """Local directory store: ``$HOME/<container>/<prefix>/v2`` (an absolute container is used as is).
 
+An absolute container is where the Go tool differs: it joins every container under ``$HOME``
+(``path.Join(home, container, prefix)``), so ``/var/backups`` is ``$HOME/var/backups`` for it (the
+same directory only when ``$HOME`` is ``/``). Both places are looked at: when only the Go tool's
+holds a store, that one is used (an operator switching tools keeps their backups); when both
+do, the absolute path is used; either way a WARN names both (:func:`resolve_container`).
+
 Writes go to a hidden staging directory beside the tree, are fsynced and then renamed into
 place, so a crash or failure mid-write never leaves a file that lists as a snapshot.
 
@@ -43,14 +49,42 @@ STAGING_PREFIX = "upload-"
 STALE_STAGING = timedelta(hours=1)
 
 
+def _holds_store(root: Path, tree: str) -> bool:
+    """Whether ``root/tree`` (a store's ``<prefix>/``, v1 and v2 beneath) has any file in it."""
+    top = root / tree
+    try:
+        return top.is_dir() and any(p.is_file() for p in top.rglob("*") if STAGING_DIR not in p.parts)
+    except OSError:
+        return False
+
+
+def resolve_container(container: str, tree: str) -> Path:
+    """The directory of a Local container: ``$HOME/<container>`` when relative; when absolute,
+    the path itself, unless only the Go tool's reading of it (``$HOME`` + the path) holds a store
+    under ``tree``. A WARN names both places whenever they differ and the Go tool's holds one."""
+    home = Path.home()
+    if not os.path.isabs(container):
+        return home / container
+    ours = Path(container)
+    go = Path(os.path.normpath(f"{home}/{container}"))
+    if go == ours or not _holds_store(go, tree):
+        return ours
+    if _holds_store(ours, tree):
+        log.warning("Local store: the absolute container %s holds snapshots and so does %s, where the Go "
+                    "etcdbrctl resolves it ($HOME joined in front); using %s, the other is not read", ours, go, ours)
+        return ours
+    log.warning("Local store: the absolute container %s holds no snapshots but %s does, where the Go etcdbrctl "
+                "resolves it ($HOME joined in front); using %s", ours, go, go)
+    return go
+
+
 class LocalStore(SnapStore):
     provider = LOCAL
 
     def __init__(self, config) -> None:
         super().__init__(config)
         container = config.container or "default.bkp"
-        base = Path(container) if os.path.isabs(container) else Path.home() / container
-        self.root = base
+        self.root = resolve_container(container, self.list_root())
         #: The container, and the store's tree (``<container>/<prefix>/v2``), were seen: from now
         #: on their absence is an outage, not an empty store.
         self._root_seen = False
