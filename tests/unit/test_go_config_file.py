@@ -183,6 +183,7 @@ def test_the_file_wins_over_flags_and_environment_as_with_the_go_tool(tmp_path, 
 def test_the_override_is_logged_as_a_warning(tmp_path, clean_env):
     conf = tmp_path / "go.yaml"
     conf.write_text("snapstoreConfig:\n  container: from-file\nrestorationConfig:\n  restoreDataDir: default.etcd\n")
+    (tmp_path / "from-file").mkdir()  # a read-only command creates no store
     result = CliRunner().invoke(cli, ["snapshot", "list", "--store-container=from-flag", f"--config-file={conf}",
                                       f"--store-prefix={tmp_path}/p"], env={"HOME": str(tmp_path)})
     assert result.exit_code == 0, result.stderr
