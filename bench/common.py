@@ -312,6 +312,15 @@ class LoggedProcess:
             self._note_rss()
             time.sleep(0.02)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process has used so far (0 once it is gone)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def wait_for(self, needle: str, timeout: float = 600, after: int = 0) -> tuple[float, str]:
         """(seconds since start, line) of the first line from index ``after`` holding ``needle``."""
         deadline = time.monotonic() + timeout
