@@ -81,6 +81,7 @@ def run(ctx: Ctx) -> list[Row]:
         raw[key].append(wall)
         cpu.setdefault(key, []).append(used)
 
+    ctx.work.mkdir(parents=True, exist_ok=True)
     empty = Path(tempfile.mkdtemp(prefix="startup-", dir=ctx.work))
     try:
         for _ in range(n):
