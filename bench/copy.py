@@ -7,6 +7,11 @@ Ours verifies every copy by reading source and destination back (sha256) by defa
 ``--backup-sync-verify=metadata`` (a row of its own) compares the service's size and ETag of both
 objects, which is what rclone checks. Ours is timed inside the driver (open stores, list, copy, verify); rclone
 is the wall time of its process.
+
+On the two S3 buckets the Go ``etcdbrctl copy`` runs too (its default 10 parallel copies; it
+streams every object through itself, source to destination, and checks nothing afterwards): wall
+time of its process and its peak RSS (``VmHWM``), against ours verified by content and by
+metadata and our driver's ``VmHWM``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 from bench import profiling
-from bench.common import MiB, Ctx, Row, gcs, log, median, ratio, run_driver, s3, save_raw, secs, timed
+from bench.common import (LoggedProcess, MiB, Ctx, Row, gcs, go_env, go_etcdbrctl, go_s3_flags, go_skipped, log,
+                          median, mib, ratio, run_driver, s3, save_raw, secs, timed)
 
 NAME = "copy"
 TARGET = 0.8
@@ -59,6 +65,21 @@ def rclone(env: dict, src: str, dst: str, transfers: int | None, expect: int) ->
     return took
 
 
+def go_copy(binary, s, src: str, dst: str, expect: int) -> dict:
+    """The Go tool's ``copy`` between two buckets: wall seconds and peak RSS of its process."""
+    proc = LoggedProcess([binary, "copy", *go_s3_flags(s, dst, "etcd"), *go_s3_flags(s, src, "etcd", source=True)],
+                         go_env(s))
+    try:
+        took = proc.wait()
+    finally:
+        proc.stop()
+    client = s.client()
+    got = sum(len(page.get("Contents", [])) for page in client.get_paginator("list_objects_v2").paginate(Bucket=dst))
+    if got != expect:  # a peer that copied nothing would look fast
+        raise RuntimeError(f"Go etcdbrctl copy left {got} objects in {dst}, expected {expect}")
+    return {"seconds": round(took, 3), "peak_rss_mib": round(proc.peak_mib, 1)}
+
+
 def copy_floor(s, src: str, dst: str, threads: int) -> float:
     """The server-side copies alone: CopyObject of every object with ``threads`` concurrent
     boto3 calls, nothing listed on the destination, nothing verified. What any copier that
@@ -95,6 +116,7 @@ def run(ctx: Ctx) -> list[Row]:
     count = ctx.count(200, 20)
     size = ctx.size(4 * MiB, 1 * MiB)
     raw: dict = {"count": count, "size": size, "pairs": {}}
+    go = go_etcdbrctl()
     with s3(ctx) as s, gcs(ctx) as g:
         src = s.bucket("copy-src")
         n = seed(s, src, count, size)
@@ -108,7 +130,7 @@ def run(ctx: Ctx) -> list[Row]:
         }
         for label, (new_bucket, spec, remote) in pairs.items():
             res = raw["pairs"][label] = {"ours": [], "rclone_default": [], "rclone_same": [], "floor": [],
-                                         "ours_metadata": []}
+                                         "ours_metadata": [], "go": []}
             for i in range(ctx.repeats):
                 if remote == "S3":
                     res["floor"].append(copy_floor(s, src, new_bucket(), CONCURRENCY))
@@ -123,6 +145,10 @@ def run(ctx: Ctx) -> list[Row]:
                 res["rclone_default"].append(rclone(env, f"S3:{src}/etcd", f"{remote}:{b}/etcd", None, n))
                 b = new_bucket()
                 res["rclone_same"].append(rclone(env, f"S3:{src}/etcd", f"{remote}:{b}/etcd", CONCURRENCY, n))
+                if remote == "S3" and go is not None:
+                    res["go"].append(go_copy(go, s, src, new_bucket(), n))
+                    log(f"{NAME} {label} run {i + 1}: Go etcdbrctl copy {res['go'][-1]['seconds']:.2f}s "
+                        f"(rss {res['go'][-1]['peak_rss_mib']} MiB)")
                 log(f"{NAME} {label} run {i + 1}: ours {r['seconds']:.2f}s (rss {r['peak_rss_mib']} MiB), "
                     f"rclone {res['rclone_default'][-1]:.2f}s / --transfers {CONCURRENCY} "
                     f"{res['rclone_same'][-1]:.2f}s" + (f", CopyObject alone {res['floor'][-1]:.2f}s, ours with "
@@ -175,6 +201,31 @@ def run(ctx: Ctx) -> list[Row]:
                 ours=secs(f), peer=f"{secs(p)} rclone sync --transfers {CONCURRENCY}", ratio=ratio(f, p),
                 target="(reference: the floor)", met=None,
             ))
+    rows += go_rows(raw, count, size)
     if "etag_survives_copy" in raw:
         log(f"{NAME}: a server-side copy of a multipart object keeps the source's ETag: {raw['etag_survives_copy']}")
     return rows
+
+
+def go_rows(raw: dict, count: int, size: int) -> list[Row]:
+    label = "S3 → S3 (same server)"
+    res = raw["pairs"].get(label)
+    what = f"copy {count}×{size // MiB} MiB, {label}"
+    names = (f"{what}, verified by content, against Go etcdbrctl copy",
+             f"{what}, --backup-sync-verify=metadata, against Go etcdbrctl copy",
+             f"peak RSS during the {what}, against Go etcdbrctl copy")
+    if not res or not res.get("go"):
+        return [go_skipped(n) for n in names]
+    g = median([r["seconds"] for r in res["go"]])
+    o = median([r["seconds"] for r in res["ours"]])
+    m = median([r["seconds"] for r in res["ours_metadata"]])
+    o_rss = median([r["peak_rss_mib"] for r in res["ours"]])
+    g_rss = median([r["peak_rss_mib"] for r in res["go"]])
+    return [
+        Row(name=names[0], ours=f"{secs(o)} ({CONCURRENCY} concurrent)", peer=f"{secs(g)} Go etcdbrctl copy",
+            ratio=ratio(o, g), target=f"≤ {TARGET}×", met=o / g <= TARGET),
+        Row(name=names[1], ours=f"{secs(m)} ({CONCURRENCY} concurrent)", peer=f"{secs(g)} Go etcdbrctl copy",
+            ratio=ratio(m, g), target="(no target)"),
+        Row(name=names[2], ours=mib(o_rss), peer=mib(g_rss), ratio=ratio(o_rss, g_rss), target="≤ 1×",
+            met=o_rss <= g_rss),
+    ]

@@ -1,7 +1,7 @@
 """``bench/run [--quick] [--repeats N] [--profile] [--no-readme] [name ...]``: run benchmarks, print one table.
 
-Names: full_snapshot, memory, copy, secondary_lag, delta_ingest, restore, history, pitr (default:
-all, in that order). The table and the plots go to ``bench/README.md`` / ``bench/results/`` unless
+Names: full_snapshot, memory, copy, secondary_lag, delta_ingest, restore, history, pitr, startup
+(default: all, in that order). The table and the plots go to ``bench/README.md`` / ``bench/results/`` unless
 ``--no-readme`` (``--quick`` never writes the README: its sizes are not the issue's).
 """
 
@@ -16,7 +16,7 @@ import traceback
 
 from bench.common import Ctx, Row, load_average, log, save_raw, dump_rows
 
-ORDER = ["full_snapshot", "memory", "copy", "secondary_lag", "delta_ingest", "restore", "history", "pitr"]
+ORDER = ["full_snapshot", "memory", "copy", "secondary_lag", "delta_ingest", "restore", "history", "pitr", "startup"]
 
 
 def table(rows: list[Row]) -> str:

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.drivers._util import emit, quiet_logs, store_config
+from bench.drivers._util import cpu_seconds, emit, quiet_logs, store_config
 
 
 def sampler(endpoint: str, snapper, samples: list, stop: threading.Event, period: float = 0.1) -> None:
@@ -81,6 +81,7 @@ async def main(args) -> dict:
     halt = threading.Event()
     th = threading.Thread(target=sampler, args=(args.endpoint, snapper, samples, halt), daemon=True)
     th.start()
+    cpu_at_ready = cpu_seconds()
     Path(args.ready_file).write_text("ready")
     stop_file = Path(args.stop_file)
     while not stop_file.exists() or not stop_file.read_text().strip():
@@ -90,6 +91,7 @@ async def main(args) -> dict:
     while (snapper.collected_revision or 0) < final and time.monotonic() - t_stop < 120:
         await asyncio.sleep(0.01)
     catch_up = time.monotonic() - t_stop
+    cpu_during_load = cpu_seconds() - cpu_at_ready  # the watch, the deltas and the sampler thread
     halt.set()
     th.join()
     stop.set()
@@ -97,7 +99,7 @@ async def main(args) -> dict:
     await snapper.close()
     store.close()
     lag = lags(samples)
-    return {"catch_up_seconds": round(catch_up, 3), "collected": snapper.collected_revision, "final": final,
+    return {"catch_up_seconds": round(catch_up, 3), "cpu_during_load": round(cpu_during_load, 2), "collected": snapper.collected_revision, "final": final,
             "lags": [round(x, 3) for x in lag], "samples": len(samples),
             "deltas": sum(1 for u in uploads if u[0] != "Full"), "uploads": uploads}
 

@@ -19,18 +19,20 @@ import logging
 import signal
 import time
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
 
 from croniter import croniter
 
 from .config import Config
-from .copier import BackupCopier
 from .errors import EtcdbrError
 from .etcd import client as etcdclient
 from .gc import GarbageCollector
 from .logs import redact
 from .retry import UNLIMITED, any_failure, aretry_call, wait_unless_stopped
 from .snapshotter import Snapshotter, backoff_policy
+
+if TYPE_CHECKING:  # imported when a secondary store is configured: a single store never needs it
+    from .copier import BackupCopier
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class BackupRunner:
             self._snapshotter_task = self._spawn(self._run_snapshotter(), "snapshotter")
             self._spawn(GarbageCollector(self.primary, config.snapshotter, self.clock).run(self.stop), "gc")
             if self.secondary is not None:
+                from .copier import BackupCopier
+
                 self.copier = BackupCopier(self.primary, self.secondary, config.sync)
                 self.snapshotter.add_listener(self.copier.notify)
                 await self.copier.start()

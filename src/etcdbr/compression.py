@@ -423,6 +423,33 @@ def _read_source(raw: ByteStream, n: int) -> bytes:
     return data
 
 
+class _PassThrough(io.RawIOBase):
+    """``raw`` unchanged, with the compressing reader's counters."""
+
+    def __init__(self, raw: ByteStream) -> None:
+        super().__init__()
+        self._raw = raw
+        self.policy = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._checkClosed()
+        data = _read_source(self._raw, -1 if size is None else size)
+        self.bytes_in += len(data)
+        self.bytes_out += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        view = memoryview(b).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
 class _CompressingReader(_ChunkReader):
     def __init__(self, raw: ByteStream, policy: Compression | None, level: int | None) -> None:
         super().__init__()
@@ -475,11 +502,14 @@ def compressing_reader(
 ) -> BinaryIO:
     """A readable file object yielding ``raw`` compressed with ``policy`` (pulled on demand).
 
-    ``policy`` None/"none"/"disabled" passes the bytes through.  ``bytes_in``/``bytes_out``
-    count what was read from ``raw`` and returned.
+    ``policy`` None/"none"/"disabled" passes the bytes through (each read is one read of ``raw``,
+    nothing copied).  ``bytes_in``/``bytes_out`` count what was read from ``raw`` and returned.
     """
     # A BufferedIOBase is a binary file; typeshed's BinaryIO is a nominal type it does not derive from.
-    return _CompressingReader(raw, normalize_policy(policy), level)  # type: ignore[return-value]
+    normalized = normalize_policy(policy)
+    if normalized is None:
+        return _PassThrough(raw)  # type: ignore[return-value]  # as below
+    return _CompressingReader(raw, normalized, level)  # type: ignore[return-value]
 
 
 def decompressing_reader(raw: ByteStream, suffix: str) -> BinaryIO:

@@ -178,28 +178,48 @@ def test_upload_stream_stores_nothing_on_failure(tmp_path, failure):
 
 def test_stream_bridge_runs_a_bounded_distance_ahead():
     data = etcd_stream(4096 * 256)
+    ahead, block = 4096, 1024
 
     async def go():
         produced: list[int] = []
-        bridge = fullsnapshot.StreamBridge(asyncio.get_running_loop(), depth=4)
-        pump = asyncio.create_task(bridge.pump(_chunks(data, 1024, produced)))
+        bridge = fullsnapshot.StreamBridge(asyncio.get_running_loop(), ahead=ahead, block=block)
+        pump = asyncio.create_task(bridge.pump(_chunks(data, 256, produced)))
         consumed = 0
-        ahead = []
+        most_ahead = 0
 
         def reader():
-            nonlocal consumed
-            while chunk := bridge.read(1024):
+            nonlocal consumed, most_ahead
+            while chunk := bridge.read(1000):
                 consumed += len(chunk)
-                ahead.append(len(produced) - consumed // 1024)
+                most_ahead = max(most_ahead, len(produced) * 256 - consumed)
                 threading.Event().wait(0.0005)
 
         await asyncio.to_thread(reader)
         await pump
-        return consumed, max(ahead)
+        return consumed, most_ahead
 
     consumed, most_ahead = asyncio.run(go())
     assert consumed == len(data)
-    assert most_ahead <= 4 + 1
+    # what waits in the queue, the block being gathered, and what the reader holds of the last one
+    assert most_ahead <= ahead + 2 * block
+
+
+@pytest.mark.parametrize("size", [1, 31, 32, 1000, 4096, 70_000, -1])
+def test_stream_bridge_reads_whole_requests_across_chunks(size):
+    data = etcd_stream(4096 * 8)
+
+    async def go():
+        bridge = fullsnapshot.StreamBridge(asyncio.get_running_loop(), ahead=4096, block=1024)
+        pump = asyncio.create_task(bridge.pump(_chunks(data[100:], 333), first=data[:100]))
+        pieces = await asyncio.to_thread(lambda: list(iter(lambda: bridge.read(size), b"")))
+        await pump
+        return pieces
+
+    pieces = asyncio.run(go())
+    assert b"".join(pieces) == data
+    if size > 0:
+        assert all(len(p) == size for p in pieces[:-1])  # short only at the end
+        assert all(isinstance(p, bytes) for p in pieces)
 
 
 # -- delta cutting ----------------------------------------------------------------------------

@@ -10,23 +10,25 @@ Exit codes: 0 destination in sync; 1 something left out of sync (or a store fail
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from contextlib import nullcontext
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .. import retry
 from ..config import Config, CopyOptions
-from ..copier import BackupCopier, SyncResult, own_snapshots, plan_sync, select_backups
 from ..errors import ConfigError
-from ..snapshot import Kind
 from .common import command_runner, open_checked_store
 from .options import FlagCommand, Opt, add_options
 from .types import Bool, Duration, Integer
+
+if TYPE_CHECKING:
+    from ..copier import SyncResult
+
+# The copier, asyncio and the retry helpers are imported by the command itself, not with this
+# module: every command's module is loaded for `--help`, which must start fast.
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ def complete_source(config: Config) -> None:
 
 def wait_for_final(source, timeout: timedelta, poll: float | None = None) -> bool:
     """Block until a final full snapshot shows among the newest fulls; False on timeout."""
+    from .. import retry
+    from ..snapshot import Kind
+
     log.info("Waiting for a final full snapshot on the source", extra={"source": source.display,
                                                                         "timeout": str(timeout)})
 
@@ -146,6 +151,10 @@ def _print_plan(result: SyncResult, source, dest) -> None:
 
 
 async def _copy(source, dest, config: Config, progress: _Progress) -> tuple[SyncResult, list[str]]:
+    import asyncio
+
+    from ..copier import BackupCopier, own_snapshots, plan_sync, select_backups
+
     extra = config.extra
     copier = BackupCopier(source, dest, config.sync, progress=progress)
 
@@ -183,6 +192,8 @@ def command(config: Config, **_params) -> int:
     the source lacks are deleted too (never when the source is empty). Exits 1 if anything
     selected is still missing afterwards.
     """
+    import asyncio
+
     complete_source(config)
     source = open_checked_store(config.source)
     try:

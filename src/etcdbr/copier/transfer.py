@@ -30,7 +30,9 @@ from .plan import destination_for
 
 log = logging.getLogger("etcdbr.copier")
 
-READ_BLOCK = 1024 * 1024
+#: Read size of the verification hashes: 10 concurrent copies each hold about two of these (1 MiB
+#: blocks: peak RSS 106 MiB copying 200 x 4 MiB; 256 KiB: 100 MiB, no slower).
+READ_BLOCK = 256 * 1024
 PRIMARY, SECONDARY = "primary", "secondary"
 
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Awaitable, Callable
 
 from .. import metrics
-from ..delta import DeltaEncoder, Event, EventType, KeyValue, format_go_time
+from ..delta import DeltaEncoder, GoTimeStamper, encode_watch_event
 from ..etcd import client as etcdclient
 from ..retry import UNLIMITED, Policy
 
@@ -50,6 +49,7 @@ class DeltaCollector:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
+        self._stamp = GoTimeStamper()
         self.encoder = DeltaEncoder()
         self.pending: list[SealedDelta] = []
         #: The next revision to buffer (None before the first snapshot is known).
@@ -91,23 +91,20 @@ class DeltaCollector:
         expected = floor - 1
         stamp = self._capture_time()
         added, skipped = 0, False
+        add = self.encoder.add_encoded
         for ev in response.events:
             kv = ev.kv
             rev = kv.mod_revision
             if rev < floor:
                 continue  # already buffered or snapshotted (a resumed watch never repeats, but be sure)
-            if rev not in (expected, expected + 1):
+            if rev != expected and rev != expected + 1:
                 # Every revision after 1 carries at least one event on a whole-keyspace watch.
                 log.warning("watch skipped revisions; a full snapshot follows",
                             extra={"expected_revision": expected + 1, "got_revision": rev})
                 skipped = True
             expected = rev
-            self.encoder.add(Event(
-                type=EventType.DELETE if ev.type == 1 else EventType.PUT,
-                kv=KeyValue(key=kv.key, value=kv.value, create_revision=kv.create_revision,
-                            mod_revision=kv.mod_revision, version=kv.version, lease=kv.lease),
-                time=stamp,
-            ))
+            # The protobuf event encoded as it is (type 1 = DELETE), no Event built per event.
+            add(encode_watch_event(ev.type == 1, kv, stamp), rev)
             added += 1
         if added:
             self.next_rev = expected + 1
@@ -131,8 +128,7 @@ class DeltaCollector:
         self.pending.append(SealedDelta(start, encoder.last_revision, encoder.finish(), encoder.count))
 
     def _capture_time(self) -> str:
-        seconds, nanos = divmod(int(self._clock() * 1e9), 1_000_000_000)
-        return format_go_time(datetime.fromtimestamp(seconds).astimezone(), nanos)
+        return self._stamp(int(self._clock() * 1e9))
 
     # -- the watch -----------------------------------------------------------------------------
     @property

@@ -197,8 +197,9 @@ class ObjectStore(SnapStore):
 class ChunkedUpload:
     """Stream an object of unknown size in parts, with bounded parallelism and per-part retries.
 
-    At most ``max_parallel_chunk_uploads`` parts are in flight plus the one being read, so memory
-    stays near ``part_size * (parallelism + 1)`` whatever the object's size. The part size starts
+    At most ``max_parallel_chunk_uploads`` parts are in memory, the one being read included (a
+    part is read only once a slot is free), so memory stays near ``part_size * parallelism``
+    whatever the object's size. The part size starts
     at ``min_chunk_size`` and doubles when the provider's part-count limit comes near, because the
     object's size is not known in advance.
     """
@@ -250,15 +251,17 @@ class ChunkedUpload:
             with ThreadPoolExecutor(self.parallelism, thread_name_prefix="part-upload") as pool:
                 number = 0
                 while True:
-                    data = pending.pop(0) if pending else read_full(stream, self._next_part_size(number + 1))
-                    if not data:
-                        break
-                    number += 1
-                    total += len(data)
+                    # A slot first, then the part: no part read ahead waits in memory for a slot.
                     slots.acquire()
                     if failed.is_set():
                         slots.release()
                         break
+                    data = pending.pop(0) if pending else read_full(stream, self._next_part_size(number + 1))
+                    if not data:
+                        slots.release()
+                        break
+                    number += 1
+                    total += len(data)
                     futures.append(pool.submit(send, number, data))
                     del data
                 wait(futures, return_when=FIRST_EXCEPTION)
