@@ -326,3 +326,40 @@ def test_multi_member_cluster_hashes_the_same(tmp_path):
     assert results["direct"].hash == results["etcd"].hash
     assert results["direct"].revision == results["etcd"].revision == source.expected.revision
     assert results["direct"].dump.kvs == source.expected.kvs
+
+
+def test_a_failure_while_the_full_is_restored_stops_the_delta_prefetch(tmp_path, monkeypatch):
+    """The deltas are fetched and decoded while etcdutl restores the full snapshot. When etcdutl
+    fails (here on a db file that is not a snapshot: the fetched full is overwritten just before
+    the real etcdutl runs), the prefetch is stopped: no fetch or decode thread is left, the
+    error is etcdutl's in one line, and nothing is left in the temp dir or beside the data dir."""
+    import threading
+
+    from etcdbr.restore.restorer import Restorer
+
+    source = build_source(tmp_path, mixed_before, mixed_after, parts=4, extra_args=BIG)
+    real = Restorer._restore_full
+    seen: list[str] = []
+
+    def broken_full(self, release, db, full, target, **kw):
+        seen.extend(t.name for t in threading.enumerate())
+        db.write_bytes(b"not a bbolt db" * 4096)
+        return real(self, release, db, full, target, **kw)
+
+    monkeypatch.setattr(Restorer, "_restore_full", broken_full)
+    data_dir = tmp_path / "restored" / f"{NAME}.etcd"
+    temp = tmp_path / "restore-tmp"
+    result = CliRunner().invoke(cli, [
+        "restore", "--storage-provider=Local", f"--store-container={source.bucket}", "--store-prefix=etcd",
+        f"--data-dir={data_dir}", f"--restoration-temp-snapshots-dir={temp}",
+        f"--etcd-bin-dir={sf.etcd_bin_dir()}", f"--name={NAME}",
+        f"--initial-cluster={NAME}=http://localhost:2380", "--delta-replay=direct"])
+    assert result.exit_code != 0 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert any(n.startswith("delta-") for n in seen), seen  # the prefetch ran while etcdutl did
+    errors = [ln for ln in result.output.splitlines() if "restoring full snapshot" in ln]
+    assert len(errors) == 1 and "etcdutl:" in errors[0], result.output
+    assert "Traceback" not in result.output
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("delta-")]
+    assert DIRECT_LINE not in result.output  # nothing was applied
+    assert not temp.exists() or not any(temp.iterdir())
+    assert not data_dir.exists() and not (data_dir.parent / f"{NAME}.etcd.part").exists()

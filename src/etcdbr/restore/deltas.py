@@ -4,7 +4,8 @@ temporary etcd, :mod:`.direct` into the db file), so both skip, refuse and repor
 
 * Deltas are fetched a bounded window ahead (``--max-fetchers`` downloads at a time, never more
   than that many fetched and not yet applied) and decoded one ahead, in threads, while the
-  current one is applied.
+  current one is applied; a restore may start this before the full snapshot is restored
+  (:class:`DeltaPrefetch`), with the same bound.
 * A delta entirely at or below the revision already restored is skipped; events of a delta at
   or below it are skipped (the first delta may overlap the full snapshot); the remaining
   revisions must follow the restored one without a gap, or the replay stops with "mismatched
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Generator, Sequence, TypeVar
+from typing import Any, Callable, Generator, Generic, Sequence, TypeVar
 
 from ..errors import IntegrityError, RestoreError
 from ..snapshot import Snapshot
@@ -58,62 +59,116 @@ def decode_groups(path: Path, where: str) -> list[tuple[int, list]]:
     return group_by_revision(events)
 
 
-def prepared_deltas(store, deltas: Sequence[Snapshot], work: Path, *, max_fetchers: int, progress: Progress,
-                    prepare: Callable[[list[tuple[int, list]]], list[T]],
-                    ) -> Generator[tuple[int, Snapshot, list[T], str], None, None]:
-    """Yield ``(index, delta, prepare(groups), where)`` for each delta in order, fetching a
-    bounded window ahead and preparing (verify, decode, group, ``prepare``) one ahead in a
-    thread of its own. Logs "fetching" and starts ``progress``'s delta count when first asked
-    for a delta. Close the generator (or exhaust it) to stop the threads."""
-    total = len(deltas)
-    if not total:
-        return
-    window = max(1, min(max_fetchers, total))
-    progress.info("fetching", deltas=total, parallel=window, store=store.display)
-    progress.start_deltas(total)
-    pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="delta-fetch")
-    # Decoding (JSON, base64) is most of a replay's own CPU: done for the next delta while the
-    # current one is applied, it overlaps the wait for etcd or the disk. One ahead bounds memory.
-    decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-decode")
-    pending: dict[int, Future] = {}
-    ready: Future | None = None
+class DeltaPrefetch(Generic[T]):
+    """Deltas fetched a bounded window ahead and prepared (verify, decode, group, ``prepare``) one
+    ahead in a thread of its own, yielded in order as ``(index, delta, prepare(groups), where)``.
 
-    def where_of(i: int) -> str:
-        return f"{store.display} object {deltas[i].key}"
+    :meth:`start` begins the downloads and the first decode without waiting for them, so a
+    restore can start it before ``etcdutl`` restores the full snapshot (a separate process: the
+    decoding gets the other core meanwhile). Memory is the same bound either way: at most
+    ``--max-fetchers`` fetched deltas as files in the work dir, one prepared delta being applied
+    and the next one decoded. Iterate once; :meth:`close` (also after a failure, or when the
+    deltas are never applied) cancels what has not started and waits for the threads, so none is
+    left running. Logs "fetching" when started, and starts ``progress``'s delta count when the
+    first delta is asked for."""
 
-    def fetch(i: int) -> Future:
+    def __init__(self, store, deltas: Sequence[Snapshot], work: Path, *, max_fetchers: int, progress: Progress,
+                 prepare: Callable[[list[tuple[int, list]]], list[T]]) -> None:
+        self.store = store
+        self.deltas = list(deltas)
+        self.work = work
+        self.window = max(1, min(max_fetchers, len(self.deltas)))
+        self.progress = progress
+        self.prepare = prepare
+        self._pool: ThreadPoolExecutor | None = None
+        self._decoder: ThreadPoolExecutor | None = None
+        self._pending: dict[int, Future] = {}
+        self._ready: Future | None = None
+        self._iterated = False
+
+    def _where(self, i: int) -> str:
+        return f"{self.store.display} object {self.deltas[i].key}"
+
+    def _fetch(self, i: int) -> Future:
         def run() -> Path:
-            path = work / f"delta-{i:06d}"
-            fetch_to_file(store, deltas[i], path)
+            path = self.work / f"delta-{i:06d}"
+            fetch_to_file(self.store, self.deltas[i], path)
             return path
-        return pool.submit(run)
+        assert self._pool is not None
+        return self._pool.submit(run)
 
-    def prepare_one(fetched: Future, where: str) -> list[T]:
+    def _prepare_one(self, fetched: Future, where: str) -> list[T]:
         try:
             path = fetched.result()
         except IntegrityError as exc:
             raise RestoreError(f"delta snapshot {where}: {exc}") from exc
-        return prepare(decode_groups(path, where))
+        return self.prepare(decode_groups(path, where))
 
-    try:
-        for i in range(window):
-            pending[i] = fetch(i)
-        ready = decoder.submit(prepare_one, pending.pop(0), where_of(0))
-        for i, delta in enumerate(deltas):
-            assert ready is not None  # None only after the last delta
-            prepared = ready.result()
-            if i + window < total:
-                pending[i + window] = fetch(i + window)
-            ready = decoder.submit(prepare_one, pending.pop(i + 1), where_of(i + 1)) if i + 1 < total else None
-            yield i, delta, prepared, where_of(i)
-            del prepared
-    finally:
-        for fut in pending.values():
+    def start(self) -> DeltaPrefetch[T]:
+        """Begin fetching and decoding (returns at once; idempotent)."""
+        if self._pool is not None or not self.deltas:
+            return self
+        self.progress.info("fetching", deltas=len(self.deltas), parallel=self.window, store=self.store.display)
+        self._pool = ThreadPoolExecutor(max_workers=self.window, thread_name_prefix="delta-fetch")
+        # Decoding (JSON, base64) is most of a replay's own CPU: done for the next delta while the
+        # current one is applied (or while etcdutl restores the full), it overlaps the wait for
+        # etcd or the disk. One ahead bounds memory.
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-decode")
+        try:
+            for i in range(self.window):
+                self._pending[i] = self._fetch(i)
+            self._ready = self._decoder.submit(self._prepare_one, self._pending.pop(0), self._where(0))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __iter__(self) -> Generator[tuple[int, Snapshot, list[T], str], None, None]:
+        assert not self._iterated, "a DeltaPrefetch is iterated once"
+        self._iterated = True
+        total = len(self.deltas)
+        if not total:
+            return
+        self.start()
+        self.progress.start_deltas(total)
+        try:
+            for i, delta in enumerate(self.deltas):
+                assert self._ready is not None  # None only after the last delta
+                prepared = self._ready.result()
+                self._ready = None
+                if i + self.window < total:
+                    self._pending[i + self.window] = self._fetch(i + self.window)
+                if i + 1 < total:
+                    assert self._decoder is not None
+                    self._ready = self._decoder.submit(self._prepare_one, self._pending.pop(i + 1),
+                                                       self._where(i + 1))
+                yield i, delta, prepared, self._where(i)
+                del prepared
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Cancel what has not started, wait for what has (no thread is left running); the
+        fetched files stay in the work dir, which the caller removes."""
+        for fut in self._pending.values():
             fut.cancel()
-        if ready is not None:
-            ready.cancel()
-        decoder.shutdown(wait=True, cancel_futures=True)
-        pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+        if self._ready is not None:
+            self._ready.cancel()
+            self._ready = None
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def prepared_deltas(store, deltas: Sequence[Snapshot], work: Path, *, max_fetchers: int, progress: Progress,
+                    prepare: Callable[[list[tuple[int, list]]], list[T]],
+                    ) -> Generator[tuple[int, Snapshot, list[T], str], None, None]:
+    """Yield ``(index, delta, prepare(groups), where)`` for each delta in order (a
+    :class:`DeltaPrefetch` started when first asked for a delta). Close the generator (or
+    exhaust it) to stop the threads."""
+    return iter(DeltaPrefetch(store, deltas, work, max_fetchers=max_fetchers, progress=progress, prepare=prepare))
 
 
 def _first(item: Any) -> int:

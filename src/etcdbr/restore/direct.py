@@ -57,7 +57,7 @@ from ..fsutil import fsync_dir
 from ..snapshot import Snapshot
 from .bbolt import BUCKET_LEAF, BoltReader, CorruptDB
 from .boltwrite import BoltWriter, TreeWriter
-from .deltas import check_reached, deltas_up_to, prepared_deltas, still_to_apply, up_to
+from .deltas import DeltaPrefetch, check_reached, deltas_up_to, prepared_deltas, still_to_apply, up_to
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,10 @@ class _Spill:
         self.path.unlink(missing_ok=True)
 
 
+def _as_is(groups: list[tuple[int, list]]) -> list[tuple[int, list]]:
+    return groups
+
+
 class DirectReplay:
     """Apply a store's deltas, in order, to the etcd db file ``db`` (no process may have it open)."""
 
@@ -201,11 +205,22 @@ class DirectReplay:
         self.revision = 0
         self._keys: TreeWriter | None = None
         self._spill: _Spill | None = None
+        self._prefetched: DeltaPrefetch[tuple[int, list]] | None = None
 
-    def run(self, deltas: list[Snapshot], work: Path) -> int:
-        """Replay ``deltas`` (downloaded into ``work``) into the db, up to ``to_revision`` when
-        given; returns the revision reached."""
+    def prefetch(self, deltas: list[Snapshot], work: Path) -> DeltaPrefetch[tuple[int, list]]:
+        """The fetching and decoding of the deltas :meth:`run` applies, to start before the db
+        exists (the caller closes it); :meth:`run` takes it as ``prefetched``."""
+        return DeltaPrefetch(self.store, deltas_up_to(deltas, self.to_revision), work,
+                             max_fetchers=self.max_fetchers, progress=self.progress, prepare=_as_is)
+
+    def run(self, deltas: list[Snapshot], work: Path, prefetched: DeltaPrefetch[tuple[int, list]] | None = None) -> int:
+        """Replay ``deltas`` (downloaded into ``work``, or by ``prefetched``: :meth:`prefetch`
+        of the same deltas) into the db, up to ``to_revision`` when given; returns the revision
+        reached."""
         deltas = deltas_up_to(deltas, self.to_revision)
+        if prefetched is not None and prefetched.deltas != deltas:
+            raise ValueError("the prefetched deltas are not the ones to replay")
+        self._prefetched = prefetched
         self.progress.info("replaying deltas directly into the restored db", deltas=len(deltas), db=str(self.db))
         tmp = self.db.with_name(self.db.name + ".direct")
         try:
@@ -268,8 +283,7 @@ class DirectReplay:
             self._spill = _Spill(work / "direct-replay.spill")
 
         total = len(deltas)
-        stream = prepared_deltas(self.store, deltas, work, max_fetchers=self.max_fetchers, progress=self.progress,
-                                 prepare=lambda groups: groups)
+        stream = self._stream(deltas, work)
         try:
             for i, delta, groups, where in stream:
                 if not self.progress.interactive:
@@ -298,6 +312,12 @@ class DirectReplay:
             meta[SCHEDULED_COMPACT] = raw
         out.bucket(META_BUCKET, sorted(meta.items()), sequence=src.bucket_sequence(META_BUCKET))
         return self.revision
+
+    def _stream(self, deltas: list[Snapshot], work: Path):
+        if self._prefetched is not None:
+            return iter(self._prefetched)
+        return prepared_deltas(self.store, deltas, work, max_fetchers=self.max_fetchers, progress=self.progress,
+                               prepare=_as_is)
 
     @staticmethod
     def _plain(src: BoltReader, name: bytes) -> Iterator[tuple[bytes, bytes]]:

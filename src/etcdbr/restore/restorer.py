@@ -16,6 +16,11 @@ What a restore promises:
   first when the cluster has several members), one transaction per source revision, so the
   restored keyspace has the source's revisions and its current revision; :mod:`.replay` holds
   that engine and what it promises.
+* With the direct replay (:mod:`.direct`, the default) the deltas are fetched and decoded while
+  ``etcdutl`` restores the full snapshot (a process of its own, so the decoding gets the other
+  core), within the replay's own memory bound (:class:`.deltas.DeltaPrefetch`: at most
+  ``--max-fetchers`` fetched deltas on disk, one decoded ahead); nothing is applied before the db
+  exists and a delta's hash trailer is checked, and a failure stops the prefetch threads.
 * When the data dir is for a cluster of several members, the replayed db is restored again by
   ``etcdutl`` for the real cluster, so that no member started here ever talks to the real peers.
 """
@@ -290,13 +295,20 @@ class Restorer:
         multi = cluster_size(self.config.initial_cluster) > 1
         if chain.deltas and self.config.delta_replay == "direct":
             lone = multi and keep_running  # a member will run on it
-            self._restore_full(release, db, chain.full, target, lone=lone)
-            db.unlink(missing_ok=True)
             target_db = target / "member" / "snap" / "db"
-            self.source_auth = auth_enabled(target_db)
+            direct = self._direct(target_db, chain.upto)
+            # The deltas are fetched and decoded while etcdutl (another process) restores the
+            # full snapshot: the same memory bound as during the replay (DeltaPrefetch); nothing
+            # is applied before the db exists and each delta's hash trailer checked. Closed on
+            # every way out, so no thread outlives this.
+            prefetch = direct.prefetch(chain.deltas, work).start()
             try:
-                revision = self._apply_deltas_direct(target_db, chain.deltas, work, chain.upto)
+                self._restore_full(release, db, chain.full, target, lone=lone)
+                db.unlink(missing_ok=True)
+                self.source_auth = auth_enabled(target_db)
+                revision = direct.run(chain.deltas, work, prefetched=prefetch)
             except DirectUnsupported as exc:
+                prefetch.close()
                 log.warning("cannot write the deltas into the restored db directly; replaying them through a "
                             "temporary etcd instead", extra={"reason": str(exc)})
                 if multi and not lone:  # the temporary member needs a one-member copy of it
@@ -306,6 +318,8 @@ class Restorer:
                     return self._build_through_etcd(target, chain, work, db, multi=True, keep_running=keep_running,
                                                     restored=True)
                 return self._build_through_etcd(target, chain, work, None, multi=multi, keep_running=keep_running)
+            finally:
+                prefetch.close()
             if not keep_running:
                 return revision, None
             self._switch_auth_off(target_db)  # the caller drives the member as no user
@@ -417,10 +431,9 @@ class Restorer:
         return DeltaReplay(self.store, member, max_fetchers=self.config.max_fetchers,
                            progress=self.progress).run(deltas, work, to_revision=to_revision)
 
-    def _apply_deltas_direct(self, db: Path, deltas: list[Snapshot], work: Path,
-                             to_revision: int | None = None) -> int:
+    def _direct(self, db: Path, to_revision: int | None = None) -> DirectReplay:
         return DirectReplay(self.store, db, max_fetchers=self.config.max_fetchers, progress=self.progress,
-                            compact_every=COMPACT_EVERY, to_revision=to_revision).run(deltas, work)
+                            compact_every=COMPACT_EVERY, to_revision=to_revision)
 
 
 def _etcdutl_error(text: str) -> str:
