@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .delta import Event, EventType, iter_delta_events, parse_go_time
-from .errors import EtcdbrError, IntegrityError, StoreError
+from .errors import EtcdbrError, IntegrityError
 from .snapshot import Snapshot, sort_key
-from .verify import READ_SIZE, _open_decompressed
+from .verify import decompressed_chunks
 
 #: How long after its events a delta can at most have been named (its name carries its upload
 #: time, truncated to the second; its events were recorded before it was cut). A delta named
@@ -39,19 +39,7 @@ class HistoryError(EtcdbrError):
 def _chunks(store, snap: Snapshot) -> Iterator[bytes]:
     raw = store.fetch(snap)
     try:
-        reader = _open_decompressed(raw, snap.compression_suffix)
-        while True:
-            try:
-                chunk = reader.read(READ_SIZE)
-            except (StoreError, IntegrityError):
-                raise
-            except EOFError as exc:
-                raise IntegrityError(f"truncated compressed stream ({exc})") from exc
-            except Exception as exc:  # codec errors of any library: the bytes are not what the suffix says
-                raise IntegrityError(f"cannot decompress: {type(exc).__name__}: {exc}") from exc
-            if not chunk:
-                return
-            yield chunk
+        yield from decompressed_chunks(raw, snap.compression_suffix)
     finally:
         raw.close()
 

@@ -31,7 +31,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 from .errors import EtcdbrError, IntegrityError, ObjectNotFound, StoreError, StoreUnavailable
 from .snapshot import LAYOUT_V1, LAYOUT_V2, Kind, Snapshot, SnapshotNameError, parse_key, sort_key
@@ -185,7 +185,12 @@ def read_decompressed(stream: BinaryIO, suffix: str, sink) -> None:
     _read_all(_open_decompressed(stream, suffix), sink)
 
 
-def _read_all(reader: BinaryIO, sink) -> None:
+def decompressed_chunks(stream: BinaryIO, suffix: str) -> Iterator[bytes]:
+    """The decompressed bytes of ``stream``, chunk by chunk, with ``read_decompressed``'s errors."""
+    return _chunks_of(_open_decompressed(stream, suffix))
+
+
+def _chunks_of(reader: BinaryIO) -> Iterator[bytes]:
     while True:
         try:
             chunk = reader.read(READ_SIZE)
@@ -197,6 +202,11 @@ def _read_all(reader: BinaryIO, sink) -> None:
             raise IntegrityError(f"cannot decompress: {type(exc).__name__}: {exc}") from exc
         if not chunk:
             return
+        yield chunk
+
+
+def _read_all(reader: BinaryIO, sink) -> None:
+    for chunk in _chunks_of(reader):
         sink(chunk)
 
 
