@@ -174,3 +174,23 @@ def etcd_cluster_factory(tmp_path: Path) -> Iterator[Callable[..., EtcdCluster]]
     yield make
     for cluster in reversed(started):
         cluster.cleanup()
+
+
+class StartedServers(list):
+    """The sidecar processes a test started (``integration/server_helpers.ServerProcess``); the
+    ``servers`` fixture stops each when the test ends, whatever it left running."""
+
+    def start(self, *args, **kwargs):
+        from integration.server_helpers import ServerProcess
+
+        server = ServerProcess(*args, **kwargs).start()
+        self.append(server)
+        return server
+
+
+@pytest.fixture
+def servers() -> Iterator[StartedServers]:
+    started = StartedServers()
+    yield started
+    for server in started:
+        server.stop()

@@ -22,18 +22,8 @@ pytestmark = pytest.mark.integration
 NO_SCHEDULED_FULL = "0 0 1 1 *"
 
 
-@pytest.fixture
-def servers():
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
-def _start(servers, *args, **kwargs) -> ServerProcess:
-    server = ServerProcess(*args, **kwargs).start()
-    servers.append(server)
-    return server
 
 
 def local_store(container: Path, prefix: str = "dropin") -> LocalStore:
@@ -45,7 +35,7 @@ def test_on_demand_delta_with_scheduled_deltas_off(tmp_path, etcd_factory, serve
     --delta-snapshot-period is below 1s; this one takes the delta."""
     etcd = etcd_factory()
     container = tmp_path / "store"
-    server = _start(servers, tmp_path, [
+    server = servers.start(tmp_path, [
         "--endpoints", etcd.client_url, "--storage-provider", "Local", "--store-container", str(container),
         "--store-prefix", "dropin", "--schedule", NO_SCHEDULED_FULL, "--delta-snapshot-period", "0s",
     ])
@@ -95,7 +85,7 @@ def test_cluster_size_learner_and_network_metrics_have_real_values(tmp_path, etc
     etcd = etcd_factory()
     # --initial-cluster names three members (the Go tool's value at start); etcd lists one
     three = ",".join(f"m{i}=http://127.0.0.1:{2380 + i}" for i in range(3))
-    server = _start(servers, tmp_path, [
+    server = servers.start(tmp_path, [
         "--endpoints", etcd.client_url, "--storage-provider", "Local", "--store-container", str(tmp_path / "store"),
         "--initial-cluster", three, "--schedule", NO_SCHEDULED_FULL, "--reelection-period", "1.1s",
     ])
@@ -134,7 +124,7 @@ def test_config_renders_the_members_etcd_configuration_as_the_go_server_does(tmp
     members = {f"etcd-main-{p}": (f"http://{p}.peers:2380", f"http://{p}.clients:2379") for p in ("pod-0", "pod-1")}
     conf = druid_etcd_conf(tmp_path / "etcd.conf.yaml", {"etcd-main-pod-0": members["etcd-main-pod-0"]},
                            prefix="etcd-main")
-    server = _start(servers, tmp_path, ["--endpoints", etcd.client_url, "--reelection-period", "1.1s"],
+    server = servers.start(tmp_path, ["--endpoints", etcd.client_url, "--reelection-period", "1.1s"],
                     {"ETCD_CONF": str(conf), "POD_NAME": "pod-0", "POD_NAMESPACE": "shoot--a"})
     server.wait_healthy(60)
     status, headers, body = server.get("/config")

@@ -33,12 +33,6 @@ def lease_api():
     api.stop()
 
 
-@pytest.fixture
-def servers():
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 def wait_until(predicate, timeout: float, what: str):

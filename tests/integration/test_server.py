@@ -45,18 +45,8 @@ GO_METRICS = [
 NO_SCHEDULED_FULL = "0 0 1 1 *"  # once a year: only startup and on-demand fulls happen
 
 
-@pytest.fixture
-def servers():
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
-def _start(servers, *args, **kwargs) -> ServerProcess:
-    server = ServerProcess(*args, **kwargs).start()
-    servers.append(server)
-    return server
 
 
 def test_server_backs_up_under_load_and_serves_the_api(tmp_path, etcd_factory, s3_server, s3_bucket, servers):
@@ -65,7 +55,7 @@ def test_server_backs_up_under_load_and_serves_the_api(tmp_path, etcd_factory, s
     etcd.etcdctl("user", "add", f"root:{password}")
     etcd.etcdctl("auth", "enable")
     env = {**s3_env(s3_server, tmp_path), "ETCD_PASSWORD": password}
-    server = _start(servers, tmp_path, [
+    server = servers.start(tmp_path, [
         "--endpoints", etcd.client_url, "--etcd-username", "root",
         *s3_store_args(s3_server, s3_bucket, "cluster/srv"),
         "--schedule", NO_SCHEDULED_FULL, "--delta-snapshot-period", "1s", "--reelection-period", "1.1s",
@@ -208,7 +198,7 @@ def _self_signed(tmp_path):
 def test_https_without_provider_and_initialization(tmp_path, etcd_server, servers):
     cert, key = _self_signed(tmp_path)
     context = ssl.create_default_context(cafile=str(cert))
-    server = _start(servers, tmp_path, [
+    server = servers.start(tmp_path, [
         "--endpoints", etcd_server.client_url, "--server-cert", str(cert), "--server-key", str(key),
         "--reelection-period", "1.1s", "--data-dir", str(tmp_path / "member.etcd"),
         "--use-etcd-wrapper", "--full-snapshot-lease-name", "x",  # the Go tool's flags, accepted and ignored
@@ -260,7 +250,7 @@ def test_missing_tls_files_are_a_config_error(tmp_path):
 
 
 def test_server_garbage_collects_limit_based(tmp_path, etcd_server, s3_server, s3_bucket, servers):
-    server = _start(servers, tmp_path, [
+    server = servers.start(tmp_path, [
         "--endpoints", etcd_server.client_url, *s3_store_args(s3_server, s3_bucket, "gc"),
         "--schedule", NO_SCHEDULED_FULL, "--delta-snapshot-period", "1s", "--reelection-period", "1.1s",
         "--garbage-collection-policy", "LimitBased", "--max-backups", "2", "--garbage-collection-period", "2s",

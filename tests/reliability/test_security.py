@@ -79,12 +79,6 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path, bytes]:
     return cert_path, key_path, pem
 
 
-@pytest.fixture
-def servers():
-    started = []
-    yield started
-    for s in started:
-        s.stop()
 
 
 @pytest.mark.integration
