@@ -435,6 +435,19 @@ def test_a_rollback_to_the_stores_newest_revision_is_not_refused(source, tmp_pat
     assert_restored_to(source, data_dir, source.end)
 
 
+def test_a_rollback_whose_store_cannot_be_read_is_refused(source, tmp_path):
+    bucket = tmp_path / "bucket"
+    shutil.copytree(source.bucket, bucket)
+    data_dir = fresh(tmp_path, "store-gone")
+    assert restore(source, data_dir, *store_flags(bucket), f"--to-revision={source.full2}").exit_code == 0
+    shutil.rmtree(bucket)
+    bucket.write_text("not a directory")  # the store's container cannot be listed
+    result = restore(source, data_dir, *store_flags(bucket), command="initialize")
+    assert result.exit_code == 1, result.output
+    assert "cannot be read to tell whether it holds the old timeline" in result.stderr, result.stderr
+    assert_restored_to(source, data_dir, source.full2)
+
+
 def test_an_unreadable_marker_is_refused(source, tmp_path):
     data_dir = fresh(tmp_path, "bad-marker")
     assert restore(source, data_dir, *store_flags(source.bucket), f"--to-revision={source.full2}").exit_code == 0

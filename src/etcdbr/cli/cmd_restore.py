@@ -125,5 +125,6 @@ def _warn_old_timeline(store, target: int) -> None:
     if later > target:
         log.warning(f"the store holds snapshots up to revision {later} from before this point-in-time restore; back "
                     "the restored cluster up under a new --store-prefix, or a later restore would mix the old "
-                    "timeline's deltas with the new one's (docs/recovery.md, step 7)",
+                    "timeline's deltas with the new one's (docs/recovery.md, step 7); the restored data dir's marker "
+                    "file makes server and initialize refuse this prefix",
                     extra={"store": store.display, "restored_revision": target})

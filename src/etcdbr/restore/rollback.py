@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import RestoreError
+from ..errors import EtcdbrError, RestoreError
 from ..fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,17 @@ def guard_configured(config, data_dir: str | Path) -> None:
     candidates = [c for c in (config.store, config.secondary)
                   if c.provider and store_identity(c) == marker["store"]]
     for store_config in candidates:
-        store = open_store(store_config)
         try:
-            guard_old_timeline(data_dir, [store])
-        finally:
-            store.close()
+            store = open_store(store_config)
+            try:
+                guard_old_timeline(data_dir, [store])
+            finally:
+                store.close()
+        except OldTimeline:
+            raise
+        except EtcdbrError as exc:  # never read as "nothing newer": refused, as when it is newer
+            raise OldTimeline(
+                f"data dir {os.path.abspath(data_dir)} was restored to revision {marker['revision']} (point in "
+                f"time) from this very store ({store_config.display} prefix {store_config.prefix.strip('/')!r}), "
+                f"which cannot be read to tell whether it holds the old timeline past it: {exc}; nothing was "
+                "restored, moved or removed") from None
