@@ -27,6 +27,7 @@ import snapshot_factory as sf
 from etcdbr.cli.main import cli
 from etcdbr.config import Config, StoreConfig
 from etcdbr.etcd import proto as pb
+from etcdbr.restore.rollback import MARKER
 from etcdbr.snapshot import sort_key
 from etcdbr.snapshotter import Snapshotter
 from etcdbr.snapstore import open_store
@@ -327,6 +328,7 @@ def test_both_target_flags_together_are_a_flag_error(source, tmp_path):
 def test_a_healthy_data_dir_newer_than_the_target_is_never_replaced(source, tmp_path):
     data_dir = fresh(tmp_path, "healthy")
     assert restore(source, data_dir, *store_flags(source.bucket)).exit_code == 0
+    assert not (data_dir / MARKER).exists()  # a plain restore is no rollback
     before = sorted(p.name for p in data_dir.parent.iterdir())
     result = restore(source, data_dir, *store_flags(source.bucket), "--replace-data-dir=true",
                      f"--to-revision={source.marks['between-fulls'] - 1}")
@@ -373,12 +375,86 @@ def test_initialize_restores_a_missing_data_dir_to_the_target_and_keeps_a_health
     result = restore(source, data_dir, *store_flags(source.bucket), f"--to-revision={target}", command="initialize")
     assert result.exit_code == 0, result.output
     assert_restored_to(source, data_dir, target)
-    # now healthy at the target: an earlier target is not applied over it
+    marker = json.loads((data_dir / MARKER).read_text())
+    assert marker["revision"] == target
+    assert marker["store"] == {"provider": "Local", "container": str(source.bucket), "prefix": "etcd"}
+    # now healthy at the target: an earlier target is not applied over it (a target given: no refusal)
     result = restore(source, data_dir, *store_flags(source.bucket), f"--to-revision={source.full1}",
                      command="initialize")
     assert result.exit_code == 0, result.output
     assert "was not applied" in result.stderr
     assert_restored_to(source, data_dir, target)
+
+
+# -- the rollback marker -------------------------------------------------------------------------------
+def test_a_rolled_back_data_dir_is_refused_on_the_old_prefix_and_used_on_a_new_one(source, tmp_path):
+    target = source.marks["before-bad-write"]
+    data_dir = fresh(tmp_path, "rollback")
+    result = restore(source, data_dir, *store_flags(source.bucket), f"--to-revision={target}")
+    assert result.exit_code == 0, result.output
+    marker = json.loads((data_dir / MARKER).read_text())
+    assert marker["revision"] == target and marker["full_snapshot"]
+    assert marker["store"] == {"provider": "Local", "container": str(source.bucket), "prefix": "etcd"}
+    assert not (data_dir / "member" / MARKER).exists()
+    keys = restored(data_dir)  # a real etcd starts on the data dir with the marker in it
+    assert keys.revision == target and keys.kvs == source.at[target].kvs
+    listing = sorted(p.name for p in data_dir.parent.iterdir())
+    files = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*"))
+
+    # the old timeline's prefix: the initializer and the server refuse, nothing is touched
+    for command in ("initialize", "server"):
+        result = restore(source, data_dir, *store_flags(source.bucket), command=command)
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and f"restored to revision {target}" in lines[0], result.stderr
+        assert "new --store-prefix" in lines[0] and MARKER in lines[0] and f"up to revision {source.end}" in lines[0]
+        assert "Traceback" not in result.output
+        assert sorted(p.name for p in data_dir.parent.iterdir()) == listing  # no aside, no .part
+        assert sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*")) == files
+    after = restored(data_dir)
+    assert after.revision == target and after.kvs == keys.kvs
+
+    # a new prefix (here: still empty) for the rolled-back cluster: the data dir is used as it is
+    new_prefix = ["--storage-provider=Local", f"--store-container={source.bucket}", "--store-prefix=etcd-rolled-back"]
+    result = restore(source, data_dir, *new_prefix, command="initialize")
+    assert result.exit_code == 0, result.output
+    assert "data dir is valid" in result.stderr
+    assert sorted(p.name for p in data_dir.parent.iterdir()) == listing
+    assert (data_dir / MARKER).exists()  # left: it still guards should the old prefix come back
+    served = restored(data_dir)
+    assert served.revision == target and served.kvs == source.at[target].kvs
+
+
+def test_a_rollback_to_the_stores_newest_revision_is_not_refused(source, tmp_path):
+    data_dir = fresh(tmp_path, "rollback-to-end")
+    result = restore(source, data_dir, *store_flags(source.bucket), f"--to-revision={source.end}")
+    assert result.exit_code == 0, result.output
+    assert json.loads((data_dir / MARKER).read_text())["revision"] == source.end
+    result = restore(source, data_dir, *store_flags(source.bucket), command="initialize")
+    assert result.exit_code == 0, result.output
+    assert_restored_to(source, data_dir, source.end)
+
+
+def test_a_rollback_whose_store_cannot_be_read_is_refused(source, tmp_path):
+    bucket = tmp_path / "bucket"
+    shutil.copytree(source.bucket, bucket)
+    data_dir = fresh(tmp_path, "store-gone")
+    assert restore(source, data_dir, *store_flags(bucket), f"--to-revision={source.full2}").exit_code == 0
+    shutil.rmtree(bucket)
+    bucket.write_text("not a directory")  # the store's container cannot be listed
+    result = restore(source, data_dir, *store_flags(bucket), command="initialize")
+    assert result.exit_code == 1, result.output
+    assert "cannot be read to tell whether it holds the old timeline" in result.stderr, result.stderr
+    assert_restored_to(source, data_dir, source.full2)
+
+
+def test_an_unreadable_marker_is_refused(source, tmp_path):
+    data_dir = fresh(tmp_path, "bad-marker")
+    assert restore(source, data_dir, *store_flags(source.bucket), f"--to-revision={source.full2}").exit_code == 0
+    (data_dir / MARKER).write_text("{not json")
+    result = restore(source, data_dir, *store_flags(source.bucket), command="initialize")
+    assert result.exit_code == 1 and "is not valid JSON" in result.stderr
+    assert_restored_to(source, data_dir, source.full2)
 
 
 # -- snapshot history --------------------------------------------------------------------------------

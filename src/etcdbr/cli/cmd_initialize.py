@@ -43,7 +43,9 @@ def command(config, **_params) -> int:
 
     With --to-revision or --to-time, a restore it makes stops at that point, and the data dir
     counts as behind when it is below it; a healthy data dir at or above it is kept (a warning
-    says the target was not applied): see docs/recovery.md."""
+    says the target was not applied): see docs/recovery.md. A data dir restored to a point in time
+    (its etcdbr-point-in-time-restore.json marker) is refused without a target (exit 1) while the
+    store it came from, configured again, holds newer snapshots: use a new --store-prefix."""
     from ..restore import Initializer
 
     Initializer(config).run(config.extra.get("validation_mode", "full"))

@@ -44,8 +44,11 @@ def command(config, **_params) -> int:
     in place; a failed restore leaves the old data dir untouched. A non-empty --data-dir is
     refused unless --replace-data-dir=true, and then moved aside and kept; a data dir etcd can
     open that is at least as new as the backup (or, for a point in time, as the target) is never
-    replaced: restore a point in time into a new, empty data dir and swap it in. Empty store:
-    nothing is done (an error with a target).
+    replaced: restore a point in time into a new, empty data dir and swap it in. A point-in-time
+    restore leaves a marker file in the data dir (etcdbr-point-in-time-restore.json) that makes
+    server and initialize refuse it while the same store prefix holds newer snapshots: back the
+    rolled-back cluster up under a new --store-prefix. Empty store: nothing is done (an error with
+    a target).
     """
     from ..restore import Restorer, select_source
     from ..restore.datadir import check_volume, is_empty
@@ -122,5 +125,6 @@ def _warn_old_timeline(store, target: int) -> None:
     if later > target:
         log.warning(f"the store holds snapshots up to revision {later} from before this point-in-time restore; back "
                     "the restored cluster up under a new --store-prefix, or a later restore would mix the old "
-                    "timeline's deltas with the new one's (docs/recovery.md, step 7)",
+                    "timeline's deltas with the new one's (docs/recovery.md, step 7); the restored data dir's marker "
+                    "file makes server and initialize refuse this prefix",
                     extra={"store": store.display, "restored_revision": target})

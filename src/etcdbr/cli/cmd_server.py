@@ -38,7 +38,9 @@ def command(config, **_params) -> int:
     this sidecar's etcd member is the Raft leader (followers only serve the API).
 
     The member's name, data dir, initial cluster and peer URLs come from etcd's config file
-    ($ETCD_CONF, else /var/etcd/config/etcd.conf.yaml) where no flag sets them."""
+    ($ETCD_CONF, else /var/etcd/config/etcd.conf.yaml) where no flag sets them. A data dir restored
+    to a point in time is refused at start (exit 1) while the store prefix it came from holds newer
+    snapshots: back the rolled-back cluster up under a new --store-prefix (docs/recovery.md)."""
     from ..server import run_server
 
     apply_server_defaults(config)

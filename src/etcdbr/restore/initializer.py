@@ -5,7 +5,11 @@ wrong-volume guard (:func:`.datadir.check_volume`) refuses a volume of another n
 data dir whose db records neither ``--name`` nor this member's peer URLs is refused (exit 2,
 both members in the line): the flags or etcd's config file are wrong, or the volume is another
 member's.
-Neither is ever restored over or moved.
+Neither is ever restored over or moved, and neither is a data dir rolled back to a point in time
+whose marker names the configured store while that store holds snapshots past the marker's
+revision (:mod:`.rollback`, exit 1), unless ``--to-revision``/``--to-time`` is given: then the
+operator asks for a point of that very timeline, and the target is the latest the data dir is
+compared with.
 
 One-member clusters: a missing, empty or corrupt data dir, or one whose revision is behind the
 latest snapshot even after etcd's own WAL replay, is rebuilt from the store into
@@ -61,6 +65,7 @@ from .pitr import target_from
 from .progress import Progress
 from .replay import embedded_limits
 from .restorer import Restorer
+from .rollback import guard_configured
 from .selection import Selection, select_source
 from .validator import DataDirStatus, Validation, validate_data_dir
 
@@ -156,6 +161,8 @@ class Initializer:
         cfg = self.config
         data_dir = Path(cfg.restoration.data_dir)
         check_volume(data_dir, create=True)  # a volume of another namespace: refused before anything
+        if target_from(cfg) is None:  # with a target the operator asks for that point of the old timeline
+            guard_configured(cfg, data_dir)  # a rolled-back data dir on the old timeline's store: refused
         size = cluster_size(cfg.restoration.initial_cluster)
         if size > 1:
             return self._run_multi(mode, data_dir, size)

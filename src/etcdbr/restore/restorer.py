@@ -23,6 +23,8 @@ What a restore promises:
   exists and a delta's hash trailer is checked, and a failure stops the prefetch threads.
 * When the data dir is for a cluster of several members, the replayed db is restored again by
   ``etcdutl`` for the real cluster, so that no member started here ever talks to the real peers.
+* A point-in-time restore (``Chain.upto``) writes the rollback marker into the restored data dir
+  before it is put in place (:mod:`.rollback`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from .membership import cluster_size
 from .pitr import Target, chain_for
 from .progress import Progress
 from .replay import COMPACT_EVERY, DeltaReplay, embedded_limits
+from .rollback import write_marker
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +204,8 @@ class Restorer:
         try:
             revision, member = self.build(part, chain, work)
             assert member is None
+            if chain.upto is not None:  # a rollback: guard it against the old timeline (.rollback)
+                write_marker(part, chain.upto, self.store.config, chain.full.snap_name)
             try:
                 fsync_tree(part)
             except OSError as exc:

@@ -279,6 +279,12 @@ class BackupServer:
         from ..restore.membership import cluster_size
 
         metrics.cluster_size.set(cluster_size(self.config.restoration.initial_cluster))
+        if self.has_provider:
+            # A data dir rolled back to a point in time must not be backed up into the old
+            # timeline's prefix (restore/rollback.py): refused before anything starts.
+            from ..restore.rollback import guard_configured
+
+            await asyncio.to_thread(guard_configured, self.config, self.config.restoration.data_dir)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
