@@ -450,8 +450,9 @@ _STREAM_READ = 256 * 1024
 _WS = " \t\n\r"
 
 
-class _TrailerHash:
-    """SHA-256 of everything but the last 32 bytes, which are kept aside as the expected digest."""
+class TrailerHash:
+    """SHA-256 of everything but the last 32 bytes of a stream, which are kept aside as the expected
+    digest (the trailer of etcd's full snapshots and of delta payloads)."""
 
     def __init__(self) -> None:
         self.hash = hashlib.sha256()
@@ -482,7 +483,7 @@ class _DeltaStream:
     def __init__(self, chunks: Iterable[bytes]) -> None:
         import codecs
 
-        self.hasher = _TrailerHash()
+        self.hasher = TrailerHash()
         self.text = codecs.getincrementaldecoder("utf-8")()
         self.decoder = json.JSONDecoder(object_pairs_hook=_Pairs)
         self.source = iter(chunks)

@@ -25,7 +25,6 @@ objects are read at once.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -33,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import BinaryIO, Iterable, Iterator
 
+from .delta import TrailerHash
 from .errors import EtcdbrError, IntegrityError, ObjectNotFound, StoreError, StoreUnavailable
 from .snapshot import LAYOUT_V1, LAYOUT_V2, Kind, Snapshot, SnapshotNameError, parse_key, sort_key
 
@@ -155,24 +155,6 @@ def _num(v: int | None) -> str:
 
 
 # -- content checks (one object) ------------------------------------------------------------------
-class _TailHasher:
-    """Hash everything but the last 32 bytes of a stream, keeping those 32 aside."""
-
-    def __init__(self) -> None:
-        self.hash = hashlib.sha256()
-        self.tail = b""
-        self.size = 0
-
-    def update(self, data: bytes) -> None:
-        self.size += len(data)
-        joined = self.tail + data
-        if len(joined) > HASH_SIZE:
-            self.hash.update(joined[:-HASH_SIZE])
-            self.tail = joined[-HASH_SIZE:]
-        else:
-            self.tail = joined
-
-
 def _open_decompressed(raw: BinaryIO, suffix: str) -> BinaryIO:
     from .compression import decompressing_reader
 
@@ -212,8 +194,8 @@ def _read_all(reader: BinaryIO, sink) -> None:
 
 def check_full(stream: BinaryIO, suffix: str) -> tuple[int, str]:
     """Check a full snapshot's trailer. Returns (decompressed size, trailer hex). Raises IntegrityError."""
-    hasher = _TailHasher()
-    _read_all(_open_decompressed(stream, suffix), hasher.update)
+    hasher = TrailerHash()
+    _read_all(_open_decompressed(stream, suffix), hasher.feed)
     if len(hasher.tail) < HASH_SIZE or hasher.size % _BLOCK != HASH_SIZE:
         raise _Truncated(f"SHA256 hash seems to be missing ({hasher.size} bytes after decompression; "
                          f"an etcd snapshot is a whole number of 512-byte pages plus a 32-byte trailer)")
@@ -225,13 +207,13 @@ def check_full(stream: BinaryIO, suffix: str) -> tuple[int, str]:
 
 def check_delta(stream: BinaryIO, suffix: str, start: int, last: int) -> tuple[int, str, int]:
     """Check a delta's hash and revisions. Returns (decompressed size, hash hex, events)."""
-    hasher = _TailHasher()
+    hasher = TrailerHash()
     kept: list[bytes] = []
     kept_size = 0
 
     def sink(chunk: bytes) -> None:
         nonlocal kept_size
-        hasher.update(chunk)
+        hasher.feed(chunk)
         if kept_size <= DELTA_PARSE_LIMIT:
             kept.append(chunk)
             kept_size += len(chunk)
